@@ -1,0 +1,15 @@
+"""Runnable models: loading checkpoints and running them. The only layer that reads weights."""
+
+from engines.checkpoints import CheckpointError, CheckpointInfo, official_checkpoint, write_checkpoint
+from engines.inverter import Inverter, Synthesizer, load_generator, load_inverter
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "Inverter",
+    "Synthesizer",
+    "load_generator",
+    "load_inverter",
+    "official_checkpoint",
+    "write_checkpoint",
+]

@@ -1,0 +1,1 @@
+"""Pure PyTorch operators: models and functions with no I/O (no files, Ray or YAML)."""
