@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import pickle
 import re
 from dataclasses import dataclass
@@ -175,11 +176,14 @@ def _float32_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def _refine_stages(state: Mapping[str, Any]) -> int:
+def _stored_stages(state: Mapping[str, Any], uri: str) -> int:
+    """The first stage plus the refinement encoders ``encoder_refinestage_list.{0..n-1}`` in a state_dict."""
     indices = {int(m.group(1)) for k in state if (m := _REFINE_KEY.match(str(k)))}
     if indices != set(range(len(indices))):
-        raise ValueError(f"refinement encoders {sorted(indices)} are not numbered 0..{len(indices) - 1}")
-    return len(indices)
+        raise CheckpointError(
+            f"checkpoint {uri}: refinement encoders {sorted(indices)} are not numbered 0..{len(indices) - 1}"
+        )
+    return len(indices) + 1
 
 
 def load_e2style(
@@ -199,10 +203,7 @@ def load_e2style(
     if not isinstance(opts, Mapping):
         raise CheckpointError(f"checkpoint {uri}: 'opts' should be a dict of training options, got {type(opts).__name__}")
     state = dict(ckpt["state_dict"])
-    try:
-        stored = _refine_stages(state) + 1
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {uri}: {e}") from None
+    stored = _stored_stages(state, uri)
     recorded = opts.get("training_stage", stored)
     if recorded != stored:
         raise CheckpointError(
@@ -210,8 +211,9 @@ def load_e2style(
         )
     if stages is None:
         stages = stored
-    if not isinstance(stages, int) or isinstance(stages, bool) or not 1 <= stages <= stored:
+    if not isinstance(stages, numbers.Integral) or isinstance(stages, bool) or not 1 <= stages <= stored:
         raise CheckpointError(f"checkpoint {uri} holds {stored} stage(s) (opts['training_stage']); asked for {stages!r}")
+    stages = int(stages)
     if opts.get("learn_in_w"):
         raise CheckpointError(f"checkpoint {uri} was trained with learn_in_w, which E2Style's 18-code encoder does not support")
 
@@ -280,7 +282,7 @@ def load_stylegan2(
                 f"checkpoint {uri}: latent_avg has shape {list(latent_avg.shape)}, expected "
                 f"[{config.style_dim}] or [{config.num_ws}, {config.style_dim}]"
             )
-    stages = 0 if kind == STYLEGAN2 else _refine_stages(ckpt["state_dict"]) + 1
+    stages = 0 if kind == STYLEGAN2 else _stored_stages(ckpt["state_dict"], uri)
     info = CheckpointInfo(uri, kind, name, stages, opts.get("dataset_type"), dict(opts))
     return model.eval(), latent_avg, info
 

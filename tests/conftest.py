@@ -6,7 +6,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-REFERENCE_DIR = ROOT.parent / "shared" / "reference"
+# Every key, shape and dtype of a released stage-2 E2Style checkpoint, as listed from the official file.
+REFERENCE_DIR = ROOT / "tests" / "data"
 
 
 def pytest_configure(config):

@@ -40,7 +40,9 @@ class GeneratorConfig:
     mapping_lr_mul: float = 0.01  # equalised-lr multiplier of the mapping MLP, part of its weight scale
     blur_taps: tuple[int, ...] = (1, 3, 3, 1)  # FIR taps of every 2x upsampling
     # How modulated convolutions are computed; both forms give the same numbers to float32 round-off.
-    modulation: ModulationForm = "batched"
+    # "grouped" is the research code's arithmetic and the faster one on CPU (BENCHMARKS.md); "batched"
+    # is the one to export, as its graph does not depend on the batch size.
+    modulation: ModulationForm = "grouped"
 
     def __post_init__(self):
         log2 = math.log2(self.resolution) if self.resolution > 0 else -1

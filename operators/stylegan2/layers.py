@@ -75,7 +75,7 @@ class ModulatedConv2d(nn.Module):
         demodulate: bool = True,
         upsample: bool = False,  # stride-2 transposed convolution followed by an FIR blur
         blur_taps: Sequence[float] = (1, 3, 3, 1),
-        form: ModulationForm = "batched",
+        form: ModulationForm = "grouped",
     ):
         super().__init__()
         if form not in MODULATION_FORMS:
@@ -180,7 +180,7 @@ class StyledConv(nn.Module):
         style_dim: int,
         upsample: bool = False,
         blur_taps: Sequence[float] = (1, 3, 3, 1),
-        form: ModulationForm = "batched",
+        form: ModulationForm = "grouped",
     ):
         super().__init__()
         self.conv = ModulatedConv2d(
@@ -202,7 +202,7 @@ class ToRGB(nn.Module):
         style_dim: int,
         upsample: bool = True,
         blur_taps: Sequence[float] = (1, 3, 3, 1),
-        form: ModulationForm = "batched",
+        form: ModulationForm = "grouped",
     ):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))

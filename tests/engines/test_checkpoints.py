@@ -3,6 +3,7 @@ import math
 import pickle
 
 import fsspec
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,19 @@ def test_official_files_load_and_match_the_reference(tiny_files, stored, asked):
 
 def test_default_is_every_stored_stage(tiny_files):
     assert load_inverter(str(tiny_files[3])).stages == 3
+    assert load_inverter(str(tiny_files[3]), stages=np.int64(2)).stages == 2
+    with pytest.raises(CheckpointError, match="asked for True"):
+        load_inverter(str(tiny_files[3]), stages=True)
+
+
+def test_gap_in_refinement_encoders(tiny_files, tmp_path):
+    def drop_first_refiner(ckpt):
+        sd = ckpt["state_dict"]
+        for key in [k for k in sd if k.startswith("encoder_refinestage_list.0.")]:
+            del sd[key]
+
+    with pytest.raises(CheckpointError, match=r"refinement encoders \[1\] are not numbered 0..0"):
+        load_inverter(str(edited(tmp_path, tiny_files[3], drop_first_refiner)))
 
 
 @pytest.mark.parametrize("asked", [4, 0, -1])

@@ -137,3 +137,18 @@ def test_mapping_network():
 def test_bad_codes_are_refused():
     with pytest.raises(ValueError, match=r"\[B, 10, 32\]"):
         tiny_generator()(torch.zeros(1, 18, 32))
+
+
+def test_batched_form_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort  # in the dev extra
+    gen = tiny_generator(seed=11, modulation="batched")
+    path = tmp_path / "generator.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(gen, (codes(2, 10, 32, seed=0),), str(path), input_names=["ws"], output_names=["image"],
+                      dynamic_shapes={"ws": {0: batch}}, dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in (1, 3):  # one graph serves batch sizes other than the one it was traced with
+        ws = codes(size, 10, 32, seed=size)
+        (image,) = session.run(None, {"ws": ws.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(image), gen(ws), rtol=0, atol=2e-5)
