@@ -9,6 +9,7 @@ import torch
 
 from engines.checkpoints import CheckpointInfo, load_e2style, load_stylegan2
 from operators.e2style import E2Style, E2StyleConfig
+from operators.images import box_downsample
 from operators.stylegan2 import Generator, GeneratorConfig
 
 
@@ -73,7 +74,9 @@ class Inverter:
 
     def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """W+ [B, num_ws, style_dim] -> the raw generator output pooled to [B, 3, S, S], not clamped."""
-        return _synthesize(self.model.decoder, codes, self.device, self.model.config.image_size)
+        ws = _check_codes(codes, self.model.config.generator)
+        with torch.inference_mode(), ieee_float32(self.device):
+            return self.model.synthesize(ws.to(self.device, torch.float32))
 
 
 class Synthesizer:
@@ -91,20 +94,17 @@ class Synthesizer:
 
     def synthesize(self, codes: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """W+ [B, num_ws, style_dim] -> raw image [B, 3, R, R], or box-pooled to ``size`` (dividing R)."""
-        return _synthesize(self.generator, codes, self.device, size or self.generator.config.resolution)
+        ws = _check_codes(codes, self.generator.config)
+        with torch.inference_mode(), ieee_float32(self.device):
+            image = self.generator(ws.to(self.device, torch.float32), noise_mode="stored")
+            return image if size is None else box_downsample(image, size)
 
 
-def _synthesize(generator: Generator, codes: torch.Tensor, device: torch.device, size: int) -> torch.Tensor:
-    cfg = generator.config
+def _check_codes(codes: Any, cfg: GeneratorConfig) -> torch.Tensor:
     if not isinstance(codes, torch.Tensor) or codes.ndim != 3 or tuple(codes.shape[1:]) != (cfg.num_ws, cfg.style_dim):
         got = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise ValueError(f"codes must be W+ [B, {cfg.num_ws}, {cfg.style_dim}], got {got}")
-    if cfg.resolution % size:
-        raise ValueError(f"cannot box-pool a {cfg.resolution} px image to {size} px")
-    with torch.inference_mode(), ieee_float32(device):
-        image = generator(codes.to(device, torch.float32), noise_mode="stored")
-        factor = cfg.resolution // size
-        return image if factor == 1 else torch.nn.functional.avg_pool2d(image, factor)
+    return codes
 
 
 def load_inverter(

@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -39,3 +40,13 @@ def tensor_to_images(tensor: torch.Tensor, rounding: Literal["truncate", "neares
         y = y.round()
     # float -> uint8 conversion truncates toward zero, as numpy's astype('uint8') does in tensor2im.
     return y.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def box_downsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, R, R] -> [B, C, size, size] by averaging size-aligned blocks (the official 1024 -> 256
+    ``face_pool`` is a 4x4 box). ``size`` must divide R."""
+    resolution = image.shape[-1]
+    if size < 1 or resolution % size:
+        raise ValueError(f"cannot box-downsample a {resolution} px image to {size} px: {size} must divide {resolution}")
+    factor = resolution // size
+    return image if factor == 1 else F.avg_pool2d(image, factor)

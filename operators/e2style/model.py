@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from operators.e2style.encoder import E2StyleEncoder, EncoderConfig
+from operators.images import box_downsample
 from operators.stylegan2 import Generator, GeneratorConfig, NoiseMode
 
 REFINE_IN_CHANNELS = 6  # the RGB input image and the previous stage's RGB reconstruction
@@ -77,16 +77,11 @@ class E2Style(nn.Module):
         else:
             self.latent_avg = None
 
-    def pool(self, image: torch.Tensor) -> torch.Tensor:
-        """Generator-resolution image -> image_size by a box average (the official 4x4 ``face_pool``)."""
-        factor = self.config.generator.resolution // self.config.image_size
-        return image if factor == 1 else F.avg_pool2d(image, factor)
-
     def synthesize(
         self, ws: torch.Tensor, noise_mode: NoiseMode = "stored", generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """W+ [B, num_ws, style_dim] -> raw reconstruction [B, 3, image_size, image_size], not clamped."""
-        return self.pool(self.decoder(ws, noise_mode=noise_mode, generator=generator))
+        return box_downsample(self.decoder(ws, noise_mode=noise_mode, generator=generator), self.config.image_size)
 
     def invert(
         self,

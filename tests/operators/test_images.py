@@ -55,3 +55,13 @@ def test_bad_inputs():
         images_to_tensor(np.zeros((4, 4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tensor_to_images(torch.zeros(1, 1, 4, 4))
+
+
+def test_box_downsample_is_the_official_adaptive_pool_for_divisible_sizes():
+    from operators.images import box_downsample
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(box_downsample(x, 16), torch.nn.functional.adaptive_avg_pool2d(x, 16))
+    assert box_downsample(x, 64) is x
+    with pytest.raises(ValueError, match="48 must divide 64"):
+        box_downsample(x, 48)
