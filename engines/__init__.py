@@ -1,6 +1,13 @@
 """Runnable models: loading checkpoints and running them. The only layer that reads weights."""
 
-from engines.checkpoints import CheckpointError, CheckpointInfo, official_checkpoint, write_checkpoint
+from engines.checkpoints import (
+    CheckpointError,
+    CheckpointInfo,
+    checkpoint_sha256,
+    load_e2style,
+    official_checkpoint,
+    write_checkpoint,
+)
 from engines.inverter import Inverter, Synthesizer, load_generator, load_inverter
 
 __all__ = [
@@ -8,6 +15,8 @@ __all__ = [
     "CheckpointInfo",
     "Inverter",
     "Synthesizer",
+    "checkpoint_sha256",
+    "load_e2style",
     "load_generator",
     "load_inverter",
     "official_checkpoint",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import numbers
 import pickle
 import re
@@ -312,3 +313,15 @@ def official_checkpoint(model: E2Style, task: str = "ffhq_encode", **opts: Any) 
     if model.latent_avg is not None:
         ckpt["latent_avg"] = model.latent_avg.detach().cpu().clone()
     return ckpt
+
+
+def checkpoint_sha256(uri: str, storage_options: Mapping[str, Any] | None = None, chunk: int = 1 << 24) -> str:
+    """sha256 of a checkpoint file's bytes, streamed (the provenance of everything computed with it)."""
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(uri, "rb", **dict(storage_options or {})) as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {uri} does not exist") from None
+    return digest.hexdigest()

@@ -12,6 +12,8 @@ from engines import official_checkpoint
 from operators.e2style import E2Style
 from operators.presets import get_preset
 
+# Every key, shape and dtype of a released stage-2 E2Style checkpoint, as listed from the official file.
+REFERENCE_DIR = Path(__file__).resolve().parent / "data"
 TINY = "tiny-64"
 TINY_BLOCK_STARTS = (0, 1, 2, 4, 5)  # first unit of each block of the tiny preset's 1-1-2-1 body
 OFFICIAL_BLOCK_STARTS = (0, 3, 7, 21, 24)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import official_reference as ref
-from conftest import REFERENCE_DIR
 from engines import CheckpointError, load_generator, load_inverter, official_checkpoint
-from factories import OFFICIAL_BLOCK_STARTS, TINY, TINY_BLOCK_STARTS, images, make_e2style, write_official
+from factories import REFERENCE_DIR, OFFICIAL_BLOCK_STARTS, TINY, TINY_BLOCK_STARTS, images, make_e2style, write_official
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import official_reference as ref
-from conftest import REFERENCE_DIR
-from factories import TINY, TINY_BLOCK_STARTS, images, make_e2style
+from factories import REFERENCE_DIR, TINY, TINY_BLOCK_STARTS, images, make_e2style
 from operators.e2style import E2Style, E2StyleConfig, E2StyleEncoder, EncoderConfig
 from operators.presets import get_preset, register_preset
 from engines import official_checkpoint

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REFERENCE_DIR
-from factories import randomize_
+from factories import REFERENCE_DIR, randomize_
 import official_reference as ref
 from operators.stylegan2 import Generator, GeneratorConfig, ModulatedConv2d, bias_leaky_relu
 

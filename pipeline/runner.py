@@ -1,0 +1,311 @@
+"""Running an inversion spec on Ray: decode tasks feed inference actors, write tasks commit each shard.
+
+    driver: list shards, skip committed ones, keep ``shards_in_flight`` shards decoding ahead
+    decode task (CPU)    shard -> (keys, sources, rejects), uint8 images     [object store]
+    inference actor      images -> W+ codes                                   [object store]
+    write task (CPU)     codes + keys -> Parquet, rejects, then stats (commit)
+
+Decoding runs ahead of the model and writing runs behind it, so neither waits on the other. An actor
+that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a failed
+decode or write task is retried by Ray; a shard is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+
+from engines import CheckpointError, checkpoint_sha256, load_e2style
+from pipeline.actors import InferenceActor, InverterFactory
+from pipeline.decode import read_and_decode
+from pipeline.shards import Shard, list_image_shards
+from pipeline.sink import OutputStore
+from pipeline.spec import InversionSpec
+
+PACKAGE_VERSION = "0.1.0"
+RETRIES = 3
+
+
+class PreflightError(ValueError):
+    """The spec cannot run: a missing checkpoint, unreachable storage, a conflicting output. Nothing was written."""
+
+
+class JobFailed(RuntimeError):
+    """The job ran but did not succeed (too many rejects, a shard that failed after retries)."""
+
+
+@dataclass
+class Plan:
+    """Everything checked before any work starts."""
+
+    spec: InversionSpec
+    shards: list[Shard]
+    committed: dict[str, dict]
+    provenance: dict[str, Any]
+    store: OutputStore
+
+    @property
+    def todo(self) -> list[Shard]:
+        return [s for s in self.shards if s.name not in self.committed]
+
+
+@dataclass
+class JobReport:
+    output: str
+    shards: int
+    shards_skipped: int
+    records: int
+    written: int
+    rejected: int
+    seconds: float
+    failure_rate: float
+    succeeded: bool
+    message: str = ""
+
+    def summary(self) -> str:
+        rate = self.records / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"{'succeeded' if self.succeeded else 'FAILED'}: {self.written} of {self.records} records inverted, "
+            f"{self.rejected} rejected ({self.failure_rate:.2%}), {self.shards} shards "
+            f"({self.shards_skipped} already committed)",
+            f"time {self.seconds:.1f} s, {rate:.1f} records/s this run",
+            f"output: {self.output}",
+        ]
+        if self.message:
+            lines.append(self.message)
+        return "\n".join(lines)
+
+
+def plan_job(spec: InversionSpec, overwrite: bool = False) -> Plan:
+    """List the input, inspect the checkpoint and the output. Raises PreflightError; writes nothing."""
+    try:
+        shards = list_image_shards(spec.input.uri, spec.input.shard_size, spec.input.storage_options)
+    except (ValueError, OSError) as e:
+        raise PreflightError(f"input.uri: {e}") from e
+    try:
+        model, info = load_e2style(spec.model.checkpoint, spec.model.stages, storage_options=spec.model.storage_options)
+        sha = checkpoint_sha256(spec.model.checkpoint, spec.model.storage_options)
+    except CheckpointError as e:
+        raise PreflightError(f"model.checkpoint: {e}") from e
+    cfg = model.config
+    del model
+    if cfg.input_channels != 3:
+        raise PreflightError(
+            f"model.checkpoint: {spec.model.checkpoint} takes {cfg.input_channels}-channel input "
+            f"(task {info.task}); the inversion job reads RGB images"
+        )
+    provenance = {
+        "checkpoint": spec.model.checkpoint,
+        "checkpoint_sha256": sha,
+        "stages": cfg.stages,
+        "task": info.task,
+        "image_size": cfg.image_size,
+        "num_ws": cfg.num_ws,
+        "style_dim": cfg.style_dim,
+        "engine": "torch",
+        "precision": "float32",
+        "latent_dtype": spec.output.latent_dtype,
+        "package_version": PACKAGE_VERSION,
+        "spec_sha256": spec.output_fingerprint(),
+    }
+    try:
+        store = OutputStore(spec.output.uri, spec.output.storage_options)
+        _check_reachable(store)
+        previous = None if overwrite else store.read_job()
+        committed = {} if overwrite else store.committed()
+    except (OSError, PermissionError, ValueError) as e:
+        raise PreflightError(f"output.uri: cannot use {spec.output.uri}: {e}") from e
+    if previous is not None:
+        for field_name in ("checkpoint_sha256", "stages", "spec_sha256", "latent_dtype"):
+            if previous.get(field_name) != provenance[field_name]:
+                raise PreflightError(
+                    f"output.uri: {spec.output.uri} holds output of a different {field_name.replace('_', ' ')} "
+                    f"({previous.get(field_name)!r}, this spec: {provenance[field_name]!r}); "
+                    "rerun with --overwrite to replace it, or choose another output.uri"
+                )
+    by_name = {s.name: s for s in shards}
+    for name, stats in committed.items():
+        shard = by_name.get(name)
+        if shard is None or shard.fingerprint != stats.get("fingerprint"):
+            raise PreflightError(
+                f"input.uri: the input listing changed since {name} was committed in {spec.output.uri} "
+                "(files added, removed or renamed); write to a new output.uri or rerun with --overwrite"
+            )
+    return Plan(spec, shards, committed, provenance, store)
+
+
+def _check_reachable(store: OutputStore) -> None:
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    if protocol in ("file", "local", "memory"):
+        return
+    bucket = store.root.split("/", 1)[0]
+    if not store.fs.exists(bucket):
+        raise OSError(f"bucket {bucket!r} does not exist or is not reachable")
+
+
+def _decode(shard: Shard, size: int, resize: bool, convert: bool, storage_options: dict) -> tuple[dict, Any]:
+    decoded = read_and_decode(shard, size, resize, convert, storage_options)
+    return {"keys": decoded.keys, "sources": decoded.sources, "rejects": decoded.rejects}, decoded.images
+
+
+def _write(store_args: tuple, shard: Shard, meta: dict, codes, provenance: dict, spec_output: dict, started: float) -> dict:
+    store = OutputStore(*store_args)
+    return store.write_shard(
+        shard.name,
+        shard.fingerprint,
+        meta["keys"],
+        meta["sources"],
+        codes,
+        meta["rejects"],
+        provenance,
+        spec_output["latent_dtype"],
+        spec_output["row_group_size"],
+        started,
+    )
+
+
+def start_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # A local Ray for this job, on loopback only.
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+
+
+def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobReport:
+    spec, res = plan.spec, plan.spec.resources
+    started = time.time()
+    todo = plan.todo
+    if plan.committed == {} and not todo:
+        raise JobFailed("nothing to do: the input has no shards")
+    plan.store.write_job(plan.provenance)
+    stats = dict(plan.committed)
+
+    if todo:
+        use_gpu = res.num_gpus_per_actor > 0
+        factory = InverterFactory(
+            checkpoint=spec.model.checkpoint,
+            stages=plan.provenance["stages"],
+            device="cuda" if use_gpu else "cpu",
+            threads=max(1, int(res.num_cpus_per_actor)),
+            storage_options=dict(spec.model.storage_options),
+        )
+        actor_cls = ray.remote(InferenceActor).options(
+            num_cpus=res.num_cpus_per_actor,
+            num_gpus=res.num_gpus_per_actor,
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
+        actors = [actor_cls.remote(factory) for _ in range(res.num_actors)]
+        decode = ray.remote(_decode).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
+        write = ray.remote(_write).options(num_cpus=0.5, max_retries=RETRIES)
+        in_flight = res.shards_in_flight or 2 * res.num_actors
+        store_args = (spec.output.uri, dict(spec.output.storage_options))
+        output_args = spec.output.model_dump(include={"latent_dtype", "row_group_size"})
+        size = plan.provenance["image_size"]
+
+        queue = deque(todo)
+        decoding: deque = deque()
+        idle = list(actors)
+        inverting: dict = {}
+        writing: dict = {}
+        while queue or decoding or inverting or writing:
+            while queue and len(decoding) + len(inverting) < in_flight:
+                shard = queue.popleft()
+                meta_ref, images_ref = decode.remote(
+                    shard, size, spec.input.resize, spec.input.convert_to_rgb, dict(spec.input.storage_options)
+                )
+                decoding.append((shard, meta_ref, images_ref, time.time()))
+            while idle and decoding:
+                shard, meta_ref, images_ref, t0 = decoding.popleft()
+                actor = idle.pop()
+                inverting[actor.invert.remote(images_ref, res.batch_size)] = (shard, actor, meta_ref, t0)
+            ready, _ = ray.wait([*inverting, *writing], num_returns=1)
+            for ref in ready:
+                if ref in inverting:
+                    shard, actor, meta_ref, t0 = inverting.pop(ref)
+                    idle.append(actor)
+                    writing[write.remote(store_args, shard, meta_ref, ref, plan.provenance, output_args, t0)] = shard
+                    continue
+                shard = writing.pop(ref)
+                try:
+                    shard_stats = ray.get(ref)
+                except Exception as e:
+                    raise JobFailed(f"{shard.name} (from {shard.records[0].key}) could not be written: {e}") from e
+                stats[shard.name] = shard_stats
+                if progress:
+                    progress(shard_stats)
+        for actor in actors:
+            ray.kill(actor)
+
+    records = sum(s["records"] for s in stats.values())
+    rejected = sum(s["rejected"] for s in stats.values())
+    rate = rejected / records if records else 0.0
+    ok = rate <= spec.max_failure_rate
+    message = "" if ok else (
+        f"too many rejected records: {rate:.2%} > max_failure_rate {spec.max_failure_rate:.2%}; "
+        f"see {spec.output.uri.rstrip('/')}/_rejects/"
+    )
+    if ok and len(stats) == len(plan.shards):
+        plan.store.write_manifest(plan.provenance, [stats[s.name] for s in plan.shards])
+    return JobReport(
+        output=spec.output.uri,
+        shards=len(plan.shards),
+        shards_skipped=len(plan.committed),
+        records=records,
+        written=records - rejected,
+        rejected=rejected,
+        seconds=time.time() - started,
+        failure_rate=rate,
+        succeeded=ok,
+        message=message,
+    )
+
+
+def run_inversion(spec: InversionSpec, overwrite: bool = False, show_progress: bool = True) -> JobReport:
+    plan = plan_job(spec, overwrite=overwrite)
+    if overwrite:
+        plan.store.clear()
+    start_ray(spec.ray_address)
+    bar = ProgressBar(plan) if show_progress else None
+    try:
+        return run_plan(plan, progress=bar.update_shard if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+class ProgressBar:
+    """Records/s, shards done, failures and ETA in the driver's terminal."""
+
+    def __init__(self, plan: Plan):
+        from tqdm import tqdm
+
+        total = sum(len(s.records) for s in plan.todo)
+        self.shards_total = len(plan.shards)
+        self.shards_done = len(plan.committed)
+        self.rejected = 0
+        self.bar = tqdm(total=total, unit="rec", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.bar.set_postfix_str(f"shards {self.shards_done}/{self.shards_total}, rejected {self.rejected}")
+
+    def update_shard(self, stats: dict) -> None:
+        self.shards_done += 1
+        self.rejected += stats["rejected"]
+        self._refresh()
+        self.bar.update(stats["records"])
+
+    def close(self) -> None:
+        self.bar.close()
+

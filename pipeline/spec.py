@@ -1,0 +1,134 @@
+"""The inversion job's spec: what to read, which model, where to write, with which resources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StorageOptions = dict[str, Any]
+
+
+class InputSpec(_Strict):
+    uri: str | list[str] = Field(
+        description="A folder, a glob, or a list of URIs (local paths or fsspec URLs such as s3://bucket/faces/)."
+    )
+    format: Literal["images"] = Field(
+        "images", description="images: a folder or glob of image files (jpg, jpeg, png, webp, bmp)."
+    )
+    shard_size: int = Field(
+        1000, ge=1, description="Images per shard: the sorted file list is cut into groups of this many."
+    )
+    resize: bool = Field(
+        False,
+        description="Resize images of another size to the model's input size (bilinear, like the official "
+        "transform). When false such images are rejected.",
+    )
+    convert_to_rgb: bool = Field(
+        False,
+        description="Convert images in another mode (L, RGBA, CMYK, P, ...) to RGB. When false they are rejected.",
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=dict,
+        description="fsspec options for the input filesystem, e.g. {endpoint_url: ..., anon: false}. "
+        "Credentials may also come from the environment.",
+    )
+
+
+class ModelSpec(_Strict):
+    checkpoint: str = Field(description="Official E2Style checkpoint file: a local path or an fsspec URL.")
+    stages: int | None = Field(
+        None, ge=1, description="Stages to run; at most the file's opts['training_stage']. Default: all of them."
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=dict, description="fsspec options for the checkpoint's filesystem."
+    )
+
+
+class OutputSpec(_Strict):
+    uri: str = Field(description="Folder (local or fsspec URL) that receives one Parquet file per input shard.")
+    latent_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage type of the W+ codes. float16 halves the size and rounds each value."
+    )
+    row_group_size: int = Field(
+        2048, ge=1, description="Rows per Parquet row group (a W+ row is 36 KiB in float32)."
+    )
+    storage_options: StorageOptions = Field(
+        default_factory=dict, description="fsspec options for the output filesystem."
+    )
+
+
+class ResourcesSpec(_Strict):
+    num_actors: int = Field(1, ge=1, description="Inference actors, each holding one copy of the model.")
+    num_gpus_per_actor: float = Field(
+        0.0, ge=0, description="GPUs reserved per actor; 0 runs the model on CPU."
+    )
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (also its torch threads).")
+    batch_size: int = Field(32, ge=1, description="Images per model call.")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each shard-decoding task.")
+    shards_in_flight: int = Field(
+        0, ge=0, description="Shards decoded ahead of the model; 0 means two per actor."
+    )
+
+
+class InversionSpec(_Strict):
+    input: InputSpec = Field(description="What to invert.")
+    model: ModelSpec = Field(description="The E2Style checkpoint.")
+    output: OutputSpec = Field(description="Where the W+ codes go.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray resources and batching.")
+    max_failure_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="The job fails when more than this fraction of input records are rejected.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to join; default: the one in RAY_ADDRESS (as under `ray job submit`), "
+        "else a local Ray started for the job.",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _uri_not_empty(cls, value: InputSpec) -> InputSpec:
+        uris = [value.uri] if isinstance(value.uri, str) else value.uri
+        if not uris or any(not u.strip() for u in uris):
+            raise ValueError("input.uri must name at least one non-empty URI")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> "InversionSpec":
+        uris = [self.input.uri] if isinstance(self.input.uri, str) else self.input.uri
+        out = self.output.uri.rstrip("/")
+        if any(u.rstrip("/") == out for u in uris):
+            raise ValueError("output.uri must differ from input.uri")
+        return self
+
+    def output_fingerprint(self) -> str:
+        """A hash of everything that decides the output's content (not credentials, not resources)."""
+        relevant = {
+            "input": self.input.model_dump(exclude={"storage_options"}),
+            "model": self.model.model_dump(exclude={"storage_options"}),
+            "output": self.output.model_dump(exclude={"storage_options", "uri"}),
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def redact(value: Any) -> Any:
+    """A copy of a spec dump with credential-like values hidden, for logs and error messages."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

@@ -1,0 +1,44 @@
+"""Image files for the pipeline tests: valid ones and every kind of bad one."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def png_bytes(seed: int, size: int = 32, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8).squeeze()
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_image_folder(root: Path, good: int, bad: dict[str, bytes] | None = None, size: int = 32) -> list[str]:
+    """``good`` valid RGB PNGs in nested folders plus the named bad files; returns the good keys."""
+    keys = []
+    for i in range(good):
+        key = f"{'ab'[i % 2]}/img_{i:03d}.png"
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(png_bytes(i, size))
+        keys.append(key)
+    for key, data in (bad or {}).items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return sorted(keys)
+
+
+def bad_images() -> dict[str, bytes]:
+    good = png_bytes(999)
+    return {
+        "bad/corrupt.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+        "bad/truncated.png": good[: len(good) // 2],
+        "bad/empty.png": b"",
+        "bad/grey.png": png_bytes(5, mode="L"),
+        "bad/rgba.png": png_bytes(6, mode="RGBA"),
+        "bad/big.png": png_bytes(7, size=48),
+    }

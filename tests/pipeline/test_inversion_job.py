@@ -1,0 +1,174 @@
+import json
+import os
+import signal
+
+import fsspec
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from datasets import bad_images, make_image_folder
+from engines import load_inverter
+from operators.images import images_to_tensor
+from pipeline.decode import decode_image
+from pipeline.runner import PreflightError, plan_job, run_inversion, run_plan
+from pipeline.spec import InversionSpec
+
+
+def make_spec(input_uri, checkpoint, output_uri, **sections) -> InversionSpec:
+    raw = {
+        "input": {"uri": input_uri, "shard_size": 4},
+        "model": {"checkpoint": str(checkpoint), "stages": 2},
+        "output": {"uri": output_uri, "row_group_size": 3},
+        "resources": {"num_actors": 1, "batch_size": 3},
+        "max_failure_rate": 0.5,
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+    return InversionSpec.model_validate(raw)
+
+
+def read_output(uri, storage_options=None):
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    keys, sources, codes, rejects = [], [], [], []
+    for path in sorted(fs.glob(f"{root.rstrip('/')}/shard-*.parquet")):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        keys += table.column("key").to_pylist()
+        sources += table.column("source").to_pylist()
+        codes.append(table.column("w_plus").combine_chunks().to_numpy_ndarray())
+    for path in sorted(fs.glob(f"{root.rstrip('/')}/_rejects/*.parquet")):
+        with fs.open(path, "rb") as f:
+            rejects += pq.read_table(f).column("key").to_pylist()
+    return keys, sources, np.concatenate(codes), rejects
+
+
+def direct_codes(checkpoint, folder, keys):
+    inverter = load_inverter(str(checkpoint), stages=2)
+    images = np.stack([decode_image((folder / k).read_bytes(), 32, False, False) for k in keys])
+    return inverter.invert(images_to_tensor(images)).numpy()
+
+
+def test_end_to_end_with_bad_records(ray_local, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    good = make_image_folder(folder, good=11, bad=bad_images())
+    out = tmp_path / "out"
+    report = run_inversion(make_spec(str(folder), tiny_checkpoint, str(out)), show_progress=False)
+    assert (report.records, report.written, report.rejected, report.shards, report.succeeded) == (17, 11, 6, 5, True)
+
+    keys, sources, codes, rejects = read_output(str(out))
+    assert keys == good  # every good record exactly once, in order
+    assert sorted(rejects) == sorted(bad_images())  # every bad one exactly once
+    assert sources[0] == f"file://{folder}/a/img_000.png"
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
+
+    assert sorted(p.name for p in out.glob("shard-*.parquet")) == [f"shard-{i:05d}.parquet" for i in range(5)]
+    meta = pq.ParquetFile(out / "shard-00000.parquet")
+    provenance = json.loads(meta.schema_arrow.metadata[b"e2style_batch"])
+    assert provenance["stages"] == 2 and provenance["shard"] == "shard-00000"
+    assert len(provenance["checkpoint_sha256"]) == 64 and provenance["checkpoint"] == str(tiny_checkpoint)
+    column = meta.metadata.row_group(0).column(2)
+    assert column.compression == "ZSTD" and "BYTE_STREAM_SPLIT" in column.encodings
+    assert [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 1]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert (manifest["records"], manifest["written"], manifest["rejected"], manifest["shards"]) == (17, 11, 6, 5)
+    assert not list((out / "_tmp").glob("*"))
+
+
+def test_resume_redoes_only_uncommitted_shards(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    good = make_image_folder(folder, good=10)
+    spec = make_spec(str(folder), tiny_checkpoint, str(out))
+    run_inversion(spec, show_progress=False)
+    # A crash between writing shard 1's data and committing it: the data file is there, the stats are not.
+    (out / "_stats" / "shard-00001.json").unlink()
+    (out / "_manifest.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    report = run_inversion(spec, show_progress=False)
+    assert (report.shards_skipped, report.records, report.succeeded) == (2, 10, True)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    assert after["shard-00000.parquet"] == before["shard-00000.parquet"]
+    assert after["shard-00002.parquet"] == before["shard-00002.parquet"]
+    assert after["shard-00001.parquet"] != before["shard-00001.parquet"]
+    assert read_output(str(out))[0] == good
+    # Nothing left to do: a third run reads no input shard.
+    assert run_inversion(spec, show_progress=False).shards_skipped == 3
+
+
+def test_output_of_another_model_or_input_is_refused(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    make_image_folder(folder, good=5)
+    run_inversion(make_spec(str(folder), tiny_checkpoint, str(out)), show_progress=False)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    one_stage = make_spec(str(folder), tiny_checkpoint, str(out), model={"stages": 1})
+    with pytest.raises(PreflightError, match="holds output of a different stages .*2.*1.*--overwrite"):
+        plan_job(one_stage)
+    (folder / "c").mkdir()
+    make_image_folder(folder / "c", good=1)
+    with pytest.raises(PreflightError, match="input listing changed since shard-00001 was committed"):
+        plan_job(make_spec(str(folder), tiny_checkpoint, str(out)))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # refusals wrote nothing
+
+    report = run_inversion(one_stage, overwrite=True, show_progress=False)
+    assert report.records == 6 and report.shards_skipped == 0
+    assert json.loads((out / "_job.json").read_text())["stages"] == 1
+
+
+def test_too_many_rejects_fail_the_job_but_keep_what_was_written(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    make_image_folder(folder, good=2, bad=bad_images())
+    report = run_inversion(make_spec(str(folder), tiny_checkpoint, str(out), max_failure_rate=0.25), show_progress=False)
+    assert not report.succeeded and "75.00% > max_failure_rate 25.00%" in report.message
+    assert not (out / "_manifest.json").exists()
+    keys, _, _, rejects = read_output(str(out))
+    assert len(keys) == 2 and len(rejects) == 6
+
+
+def inference_actor_pids() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if "ray::InferenceActor" in " ".join(p.info["cmdline"] or [])}
+
+
+def test_a_killed_inference_actor_loses_nothing(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    good = make_image_folder(folder, good=90)
+    spec = make_spec(str(folder), tiny_checkpoint, str(out), input={"shard_size": 30}, resources={"batch_size": 1})
+    killed = []
+
+    def kill_actor_after_first_commit(stats):
+        if not killed:
+            for pid in inference_actor_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    plan = plan_job(spec)
+    report = run_plan(plan, progress=kill_actor_after_first_commit)
+    assert killed, "no inference actor was running"
+    assert (report.records, report.written, report.succeeded) == (90, 90, True)
+    keys, _, codes, rejects = read_output(str(out))
+    assert keys == good and rejects == []
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
+
+
+def test_object_storage_end_to_end(ray_local, s3_server, tiny_checkpoint, tmp_path):
+    options = {"endpoint_url": s3_server}
+    s3 = fsspec.filesystem("s3", **options)
+    for bucket in ("faces", "models", "latents"):
+        s3.mkdir(bucket)
+    folder = tmp_path / "in"
+    good = make_image_folder(folder, good=6, bad={"bad/empty.png": b""})
+    s3.put(str(folder) + "/", "faces/set1/", recursive=True)
+    s3.put(str(tiny_checkpoint), "models/e2style.pt")
+    spec = make_spec(
+        "s3://faces/set1/", "s3://models/e2style.pt", "s3://latents/run1/",
+        input={"storage_options": options}, model={"storage_options": options}, output={"storage_options": options},
+    )
+    report = run_inversion(spec, show_progress=False)
+    assert (report.records, report.written, report.rejected) == (7, 6, 1)
+    keys, sources, codes, rejects = read_output("s3://latents/run1/", options)
+    assert keys == good and rejects == ["bad/empty.png"]
+    assert sources[0] == "s3://faces/set1/a/img_000.png"
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
+    assert s3.exists("latents/run1/_manifest.json")
