@@ -1,8 +1,10 @@
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,3 +112,58 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, checkpoint):
     for shard in sorted((tmp_path / "out").glob("shard-*.parquet")):
         keys += pq.read_table(shard).column("key").to_pylist()
     assert keys == sorted(keys) and len(keys) == len(set(keys)) == 60
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_cluster(tmp_path, checkpoint):
+    """A `ray start --head` cluster on loopback and the job sent to it by `ray job submit`."""
+    spec = base_spec(tmp_path, checkpoint)
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    gcs, dashboard, agent_http, agent_grpc = free_ports(4)  # the suite's own Ray holds the default ports
+    # Ray puts unix sockets under its temp dir, whose paths must stay under 108 bytes.
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # The job's `python` is the one on the cluster's PATH; Ray's token auth on both sides.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         "--num-cpus=2", f"--temp-dir={ray_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        submit = None
+        for _ in range(60):  # the dashboard's job server takes a few seconds to come up
+            submit = subprocess.run(
+                [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={ROOT}",
+                 "--", "python", "-m", "jobs.invert_dataset", str(path), "--no-progress"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )
+            if not any(m in submit.stdout + submit.stderr for m in ("Failed to connect", "try again later")):
+                break
+            time.sleep(2)
+        logs = submit.stdout + submit.stderr
+        assert submit.returncode == 0, logs
+        assert "succeeded: 3 of 3 records inverted" in logs, logs
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    keys = []
+    for shard in sorted((tmp_path / "out").glob("shard-*.parquet")):
+        keys += pq.read_table(shard).column("key").to_pylist()
+    assert keys == ["a/img_000.png", "a/img_002.png", "b/img_001.png"]

@@ -1,0 +1,116 @@
+"""Records/s of the inversion pipeline against a bare load_inverter loop, same model, machine and images.
+
+    python benchmarks/bench_pipeline.py [--images 128] [--stages 1] [--batch 8] [--work outputs/bench]
+
+The model is the official-size E2Style (IR-SE50 encoder at 256 px, 1024 generator) with random weights,
+written once in the official file format under ``--work``. The images are seeded 256x256 PNGs. Both
+sides read the same files, decode them, convert them and invert them at the same batch size:
+
+- bare loop: one process, ``load_inverter`` then read + decode + invert, batch after batch;
+- pipeline: ``run_plan`` on a local Ray (decode tasks, one inference actor with every CPU's threads,
+  write tasks committing Parquet). "end to end" counts from the call to the last commit, including the
+  actor's start and model load; "steady state" counts the records committed after the first shard over
+  the time from the first commit to the last.
+
+The bare loop's model load is outside its timed part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engines import load_inverter, official_checkpoint, write_checkpoint  # noqa: E402
+from operators.e2style import E2Style  # noqa: E402
+from operators.images import images_to_tensor  # noqa: E402
+from operators.presets import get_preset  # noqa: E402
+from pipeline.decode import decode_image  # noqa: E402
+from pipeline.runner import plan_job, run_plan, start_ray  # noqa: E402
+from pipeline.spec import InversionSpec  # noqa: E402
+
+
+def make_inputs(work: Path, count: int, stages: int) -> tuple[Path, Path]:
+    checkpoint = work / f"e2style-official-size-stage{stages}.pt"
+    if not checkpoint.exists():
+        torch.manual_seed(0)
+        model = E2Style(dataclasses.replace(get_preset("e2style-ffhq-1024"), stages=stages))
+        write_checkpoint(official_checkpoint(model), str(checkpoint))
+    folder = work / f"images-{count}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, format="PNG")
+            (folder / f"img_{i:05d}.png").write_bytes(buf.getvalue())
+    return checkpoint, folder
+
+
+def bare_loop(checkpoint: Path, folder: Path, stages: int, batch: int) -> float:
+    inverter = load_inverter(str(checkpoint), stages=stages)
+    files = sorted(folder.glob("*.png"))
+    start = time.perf_counter()
+    for i in range(0, len(files), batch):
+        images = np.stack([decode_image(f.read_bytes(), 256, False, False) for f in files[i : i + batch]])
+        inverter.invert(images_to_tensor(images))
+    return len(files) / (time.perf_counter() - start)
+
+
+def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path) -> tuple[float, float]:
+    out = work / "pipeline-out"
+    shutil.rmtree(out, ignore_errors=True)
+    cpus = os.cpu_count() or 1
+    spec = InversionSpec.model_validate(
+        {
+            "input": {"uri": str(folder), "shard_size": 4 * batch},
+            "model": {"checkpoint": str(checkpoint), "stages": stages},
+            "output": {"uri": str(out)},
+            "resources": {"num_actors": 1, "num_cpus_per_actor": cpus, "batch_size": batch, "decode_cpus": 0.5},
+        }
+    )
+    start_ray(None)
+    plan = plan_job(spec)
+    commits: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    report = run_plan(plan, progress=lambda stats: commits.append((time.perf_counter(), stats["written"])))
+    end_to_end = report.written / (time.perf_counter() - start)
+    assert report.written == len(list(folder.glob("*.png"))), report.summary()
+    (first, _), (last, _) = commits[0], commits[-1]
+    steady = sum(n for _, n in commits[1:]) / (last - first)
+    return end_to_end, steady
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--stages", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    checkpoint, folder = make_inputs(args.work, args.images, args.stages)
+    torch.set_num_threads(os.cpu_count() or 1)
+    bare = bare_loop(checkpoint, folder, args.stages, args.batch)
+    end_to_end, steady = pipeline(checkpoint, folder, args.stages, args.batch, args.work)
+    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, {args.images} images, {args.stages} stage(s), batch {args.batch}")
+    print("| path | records/s | relative to the bare loop |")
+    print("|---|---|---|")
+    print(f"| bare load_inverter loop (read, decode, invert) | {bare:.3f} | 1.00 |")
+    print(f"| pipeline, steady state (decode tasks, 1 actor, Parquet commit) | {steady:.3f} | {steady / bare:.2f} |")
+    print(f"| pipeline, end to end (with actor start and model load) | {end_to_end:.3f} | {end_to_end / bare:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
