@@ -7,8 +7,8 @@ written once in the official file format under ``--work``. The images are seeded
 sides read the same files, decode them, convert them and invert them at the same batch size:
 
 - bare loop: one process, ``load_inverter`` then read + decode + invert, batch after batch;
-- pipeline: ``run_plan`` on a local Ray (decode tasks, one inference actor with every CPU's threads,
-  write tasks committing Parquet). "end to end" counts from the call to the last commit, including the
+- pipeline: ``run_plan`` on a local Ray (decode tasks with half a CPU reserved, one inference actor with
+  the rest and as many torch threads as the bare loop, write tasks committing Parquet). "end to end" counts from the call to the last commit, including the
   actor's start and model load; "steady state" counts the records committed after the first shard over
   the time from the first commit to the last.
 
@@ -78,7 +78,7 @@ def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path
             "input": {"uri": str(folder), "shard_size": 4 * batch},
             "model": {"checkpoint": str(checkpoint), "stages": stages},
             "output": {"uri": str(out)},
-            "resources": {"num_actors": 1, "num_cpus_per_actor": cpus, "batch_size": batch, "decode_cpus": 0.5},
+            "resources": {"num_actors": 1, "num_cpus_per_actor": cpus - 0.5, "batch_size": batch, "decode_cpus": 0.5},
         }
     )
     start_ray(None)

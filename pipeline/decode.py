@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import posixpath
+import tarfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.shards import Shard
+from pipeline.shards import IMAGE_EXTENSIONS, Shard
 from pipeline.storage import filesystem
 
 
@@ -46,31 +50,122 @@ def decode_image(data: bytes, size: int, resize: bool, convert_to_rgb: bool) -> 
 
 
 def read_and_decode(
-    shard: Shard, size: int, resize: bool, convert_to_rgb: bool, storage_options: Mapping[str, Any]
+    shard: Shard,
+    size: int,
+    resize: bool,
+    convert_to_rgb: bool,
+    storage_options: Mapping[str, Any],
+    image_column: str = "image",
+    key_column: str | None = None,
 ) -> DecodedShard:
     out = DecodedShard()
     images = []
+    for key, source, blob in read_records(shard, storage_options, image_column, key_column):
+        try:
+            if isinstance(blob, BaseException):
+                raise ValueError(str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}")
+            images.append(decode_image(blob, size, resize, convert_to_rgb))
+        except ValueError as e:
+            out.rejects.append((key, source, str(e)))
+            continue
+        out.keys.append(key)
+        out.sources.append(source)
+    out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return out
+
+
+Blob = bytes | BaseException  # a record's bytes, or why they could not be had
+
+
+def read_records(
+    shard: Shard, storage_options: Mapping[str, Any], image_column: str = "image", key_column: str | None = None
+) -> Iterator[tuple[str, str, Blob]]:
+    """(key, source, bytes or error) for every record of a shard, in order."""
+    if shard.format == "images":
+        return _image_records(shard, storage_options)
+    if shard.format == "webdataset":
+        return _tar_records(shard, storage_options)
+    return _parquet_records(shard, storage_options, image_column, key_column)
+
+
+def _image_records(shard: Shard, storage_options: Mapping[str, Any]) -> Iterator[tuple[str, str, Blob]]:
     fs, _ = filesystem(shard.records[0].uri, storage_options)
     paths = [fs._strip_protocol(r.uri) for r in shard.records]
     # One concurrent fetch for the whole shard (object stores serve many small files slowly one by one).
     blobs = fs.cat(paths, on_error="return") if len(paths) > 1 else {paths[0]: _cat_one(fs, paths[0])}
     for record, path in zip(shard.records, paths):
         blob = blobs.get(path, FileNotFoundError(path))
-        try:
-            if isinstance(blob, BaseException):
-                raise ValueError(f"cannot read file: {type(blob).__name__}: {blob}")
-            images.append(decode_image(blob, size, resize, convert_to_rgb))
-        except ValueError as e:
-            out.rejects.append((record.key, record.uri, str(e)))
-            continue
-        out.keys.append(record.key)
-        out.sources.append(record.uri)
-    out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return out
+        if isinstance(blob, BaseException):
+            blob = ValueError(f"cannot read file: {type(blob).__name__}: {blob}")
+        yield record.key, record.uri, blob
 
 
-def _cat_one(fs, path: str) -> bytes | BaseException:
+def _cat_one(fs, path: str) -> Blob:
     try:
         return fs.cat_file(path)
     except Exception as e:  # reported as this record's reject
         return e
+
+
+def _tar_records(shard: Shard, storage_options: Mapping[str, Any]) -> Iterator[tuple[str, str, Blob]]:
+    """WebDataset: members sharing a key (the path up to the first dot of the file name) form a sample;
+    its first member with an image extension is the image."""
+    fs, path = filesystem(shard.source, storage_options)
+    samples: dict[str, tuple[str, bytes] | None] = {}
+    broken = None
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                name = member.name
+                base = posixpath.basename(name)
+                if not member.isfile() or base.startswith("."):
+                    continue
+                stem, _, extension = base.partition(".")
+                key = posixpath.join(posixpath.dirname(name), stem)
+                if samples.get(key) is None and f".{extension.lower()}" in IMAGE_EXTENSIONS:
+                    samples[key] = (name, tar.extractfile(member).read())
+                else:
+                    samples.setdefault(key, None)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        broken = e
+    for key, found in samples.items():
+        if found is None:
+            yield key, shard.source, ValueError(f"sample has no image member ({', '.join(IMAGE_EXTENSIONS)})")
+        else:
+            yield key, f"{shard.source}#{found[0]}", found[1]
+    if broken is not None:
+        yield (
+            f"{posixpath.basename(path)}#unreadable",
+            shard.source,
+            ValueError(f"tar file unreadable after {len(samples)} samples: {type(broken).__name__}: {broken}"),
+        )
+
+
+def _parquet_records(
+    shard: Shard, storage_options: Mapping[str, Any], image_column: str, key_column: str | None
+) -> Iterator[tuple[str, str, Blob]]:
+    """Parquet: image bytes (or a {bytes, path} struct, as Hugging Face datasets store images) per row;
+    the key from ``key_column``, else ``<file name>:<row>``."""
+    fs, path = filesystem(shard.source, storage_options)
+    base = posixpath.basename(path)
+    columns = [image_column] + ([key_column] if key_column else [])
+    row = 0
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=256):
+            images = batch.column(image_column).to_pylist()
+            keys = batch.column(key_column).to_pylist() if key_column else [None] * len(images)
+            for value, key in zip(images, keys):
+                fallback = f"{base}:{row}"
+                row += 1
+                if key_column and key is None:
+                    yield fallback, shard.source, ValueError(f"{key_column} is null")
+                    continue
+                if isinstance(value, dict):
+                    value = value.get("bytes")
+                if value is None:
+                    blob: Blob = ValueError(f"{image_column} is null")
+                elif isinstance(value, (bytes, bytearray)):
+                    blob = bytes(value)
+                else:
+                    blob = ValueError(f"{image_column} holds {type(value).__name__}, expected image bytes")
+                yield (str(key) if key_column else fallback), shard.source, blob

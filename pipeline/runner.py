@@ -12,6 +12,7 @@ decode or write task is retried by Ray; a shard is written whole or not at all.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -19,14 +20,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pyarrow.parquet as pq
 import ray
 
 from engines import CheckpointError, checkpoint_sha256, load_e2style
 from pipeline.actors import InferenceActor, InverterFactory
 from pipeline.decode import read_and_decode
-from pipeline.shards import Shard, list_image_shards
+from pipeline.shards import Shard, list_shards
 from pipeline.sink import OutputStore
 from pipeline.spec import InversionSpec
+from pipeline.storage import filesystem
 
 PACKAGE_VERSION = "0.1.0"
 RETRIES = 3
@@ -85,7 +88,9 @@ class JobReport:
 def plan_job(spec: InversionSpec, overwrite: bool = False) -> Plan:
     """List the input, inspect the checkpoint and the output. Raises PreflightError; writes nothing."""
     try:
-        shards = list_image_shards(spec.input.uri, spec.input.shard_size, spec.input.storage_options)
+        shards = list_shards(spec.input.uri, spec.input.format, spec.input.shard_size, spec.input.storage_options)
+        if spec.input.format == "parquet":
+            _check_parquet_columns(shards[0], spec)
     except (ValueError, OSError) as e:
         raise PreflightError(f"input.uri: {e}") from e
     try:
@@ -140,6 +145,18 @@ def plan_job(spec: InversionSpec, overwrite: bool = False) -> Plan:
     return Plan(spec, shards, committed, provenance, store)
 
 
+def _check_parquet_columns(shard: Shard, spec: InversionSpec) -> None:
+    fs, path = filesystem(shard.source, spec.input.storage_options)
+    with fs.open(path, "rb") as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    for field_name in ("image_column", "key_column"):
+        column = getattr(spec.input, field_name)
+        if column is not None and column not in names:
+            raise ValueError(
+                f"{shard.source} has no column {column!r} (input.{field_name}); its columns: {', '.join(names)}"
+            )
+
+
 def _check_reachable(store: OutputStore) -> None:
     protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
     if protocol in ("file", "local", "memory"):
@@ -149,8 +166,16 @@ def _check_reachable(store: OutputStore) -> None:
         raise OSError(f"bucket {bucket!r} does not exist or is not reachable")
 
 
-def _decode(shard: Shard, size: int, resize: bool, convert: bool, storage_options: dict) -> tuple[dict, Any]:
-    decoded = read_and_decode(shard, size, resize, convert, storage_options)
+def _decode(shard: Shard, size: int, input_spec: dict) -> tuple[dict, Any]:
+    decoded = read_and_decode(
+        shard,
+        size,
+        input_spec["resize"],
+        input_spec["convert_to_rgb"],
+        input_spec["storage_options"],
+        input_spec["image_column"],
+        input_spec["key_column"],
+    )
     return {"keys": decoded.keys, "sources": decoded.sources, "rejects": decoded.rejects}, decoded.images
 
 
@@ -170,6 +195,20 @@ def _write(store_args: tuple, shard: Shard, meta: dict, codes, provenance: dict,
     )
 
 
+def _check_cluster_fits(res) -> None:
+    """Actors keep their CPUs and GPUs for the whole job; the decode tasks need CPU beside them."""
+    available = ray.cluster_resources()
+    cpus_needed = res.num_actors * res.num_cpus_per_actor + res.decode_cpus
+    gpus_needed = res.num_actors * res.num_gpus_per_actor
+    if cpus_needed > available.get("CPU", 0) or gpus_needed > available.get("GPU", 0):
+        raise PreflightError(
+            f"resources: {res.num_actors} actor(s) x {res.num_cpus_per_actor} CPU and {res.num_gpus_per_actor} GPU, "
+            f"plus {res.decode_cpus} CPU for a decode task, need {cpus_needed:g} CPU and {gpus_needed:g} GPU; "
+            f"the Ray cluster has {available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU. "
+            "Lower resources.num_actors, num_cpus_per_actor or decode_cpus"
+        )
+
+
 def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
@@ -187,6 +226,8 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
     todo = plan.todo
     if plan.committed == {} and not todo:
         raise JobFailed("nothing to do: the input has no shards")
+    if todo:
+        _check_cluster_fits(res)
     plan.store.write_job(plan.provenance)
     stats = dict(plan.committed)
 
@@ -196,7 +237,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
             checkpoint=spec.model.checkpoint,
             stages=plan.provenance["stages"],
             device="cuda" if use_gpu else "cpu",
-            threads=max(1, int(res.num_cpus_per_actor)),
+            threads=math.ceil(res.num_cpus_per_actor),
             storage_options=dict(spec.model.storage_options),
         )
         actor_cls = ray.remote(InferenceActor).options(
@@ -207,11 +248,16 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         )
         actors = [actor_cls.remote(factory) for _ in range(res.num_actors)]
         decode = ray.remote(_decode).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
-        write = ray.remote(_write).options(num_cpus=0.5, max_retries=RETRIES)
+        # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
+        # one could wait forever. They are I/O and a light zstd pass.
+        write = ray.remote(_write).options(num_cpus=0, max_retries=RETRIES)
         in_flight = res.shards_in_flight or 2 * res.num_actors
         store_args = (spec.output.uri, dict(spec.output.storage_options))
         output_args = spec.output.model_dump(include={"latent_dtype", "row_group_size"})
         size = plan.provenance["image_size"]
+        input_args = spec.input.model_dump(
+            include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column"}
+        )
 
         queue = deque(todo)
         decoding: deque = deque()
@@ -221,9 +267,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         while queue or decoding or inverting or writing:
             while queue and len(decoding) + len(inverting) < in_flight:
                 shard = queue.popleft()
-                meta_ref, images_ref = decode.remote(
-                    shard, size, spec.input.resize, spec.input.convert_to_rgb, dict(spec.input.storage_options)
-                )
+                meta_ref, images_ref = decode.remote(shard, size, input_args)
                 decoding.append((shard, meta_ref, images_ref, time.time()))
             while idle and decoding:
                 shard, meta_ref, images_ref, t0 = decoding.popleft()
@@ -240,7 +284,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
                 try:
                     shard_stats = ray.get(ref)
                 except Exception as e:
-                    raise JobFailed(f"{shard.name} (from {shard.records[0].key}) could not be written: {e}") from e
+                    raise JobFailed(f"{shard.name} (from {shard.first}) could not be written: {e}") from e
                 stats[shard.name] = shard_stats
                 if progress:
                     progress(shard_stats)
@@ -273,9 +317,10 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
 
 def run_inversion(spec: InversionSpec, overwrite: bool = False, show_progress: bool = True) -> JobReport:
     plan = plan_job(spec, overwrite=overwrite)
-    if overwrite:
-        plan.store.clear()
     start_ray(spec.ray_address)
+    if overwrite:
+        _check_cluster_fits(spec.resources)  # refuse before deleting anything
+        plan.store.clear()
     bar = ProgressBar(plan) if show_progress else None
     try:
         return run_plan(plan, progress=bar.update_shard if bar else None)
@@ -290,7 +335,8 @@ class ProgressBar:
     def __init__(self, plan: Plan):
         from tqdm import tqdm
 
-        total = sum(len(s.records) for s in plan.todo)
+        # Records of webdataset and parquet shards are counted only as they are read.
+        total = sum(len(s.records) for s in plan.todo) if plan.spec.input.format == "images" else None
         self.shards_total = len(plan.shards)
         self.shards_done = len(plan.committed)
         self.rejected = 0

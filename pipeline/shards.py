@@ -22,16 +22,27 @@ class Record:
 @dataclass(frozen=True)
 class Shard:
     index: int
-    records: tuple[Record, ...]
+    format: str  # "images", "webdataset" or "parquet"
+    # images: the files of the shard. webdataset / parquet: empty; the shard is the file ``source``, and
+    # its records are found when it is read.
+    records: tuple[Record, ...] = ()
+    source: str = ""
+    size: int = 0  # bytes of ``source``
 
     @property
     def name(self) -> str:
         return f"shard-{self.index:05d}"
 
     @property
+    def first(self) -> str:
+        """The shard's first key or its file, to name it in messages."""
+        return self.records[0].key if self.records else self.source
+
+    @property
     def fingerprint(self) -> str:
-        """Hash of the shard's keys: a committed shard whose input listing changed is detected by it."""
-        return hashlib.sha256("\n".join(r.key for r in self.records).encode()).hexdigest()
+        """Hash of what the shard reads: a committed shard whose input changed is detected by it."""
+        text = "\n".join(r.key for r in self.records) if self.records else f"{self.source}\n{self.size}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class InputError(ValueError):
@@ -46,7 +57,7 @@ def _static_prefix(pattern: str) -> str:
     return head.rsplit("/", 1)[0] if "/" in head else ""
 
 
-def _list_one(uri: str, storage_options: Mapping[str, Any]) -> list[Record]:
+def _list_one(uri: str, storage_options: Mapping[str, Any], extensions: tuple[str, ...]) -> list[Record]:
     fs, path = filesystem(uri, storage_options)
     try:
         if any(ch in path for ch in _GLOB_CHARS):
@@ -54,7 +65,7 @@ def _list_one(uri: str, storage_options: Mapping[str, Any]) -> list[Record]:
             paths = [p for p in fs.glob(path) if not fs.isdir(p)]
         elif fs.isdir(path):
             root = path.rstrip("/")
-            paths = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+            paths = [p for p in fs.find(path) if p.lower().endswith(extensions)]
         elif fs.exists(path):
             root, paths = posixpath.dirname(path.rstrip("/")), [path]
         else:
@@ -70,20 +81,40 @@ def _list_one(uri: str, storage_options: Mapping[str, Any]) -> list[Record]:
     return records
 
 
-def list_image_shards(uris: str | list[str], shard_size: int, storage_options: Mapping[str, Any]) -> list[Shard]:
-    """All image files under the URIs, sorted by key and cut into shards of ``shard_size``."""
+def _list_files(uris: str | list[str], storage_options: Mapping[str, Any], extensions: tuple[str, ...]) -> list[Record]:
     records: dict[str, Record] = {}
     for uri in [uris] if isinstance(uris, str) else uris:
-        for record in _list_one(uri, storage_options):
+        for record in _list_one(uri, storage_options, extensions):
             if record.key in records and records[record.key].uri != record.uri:
                 raise InputError(
                     f"two input files have the key {record.key!r}: {records[record.key].uri} and {record.uri}"
                 )
             records[record.key] = record
     if not records:
-        raise InputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {uris}")
-    ordered = [records[k] for k in sorted(records)]
-    return [
-        Shard(index=i, records=tuple(ordered[start : start + shard_size]))
-        for i, start in enumerate(range(0, len(ordered), shard_size))
-    ]
+        raise InputError(f"no {', '.join(extensions)} files found under {uris}")
+    return [records[k] for k in sorted(records)]
+
+
+def list_shards(
+    uris: str | list[str], format: str, shard_size: int, storage_options: Mapping[str, Any]
+) -> list[Shard]:
+    """The input as shards, in sorted order.
+
+    images: every image file, cut into groups of ``shard_size``. webdataset: one shard per .tar file.
+    parquet: one shard per .parquet file.
+    """
+    if format == "images":
+        ordered = _list_files(uris, storage_options, IMAGE_EXTENSIONS)
+        return [
+            Shard(index=i, format=format, records=tuple(ordered[start : start + shard_size]))
+            for i, start in enumerate(range(0, len(ordered), shard_size))
+        ]
+    extensions = {"webdataset": (".tar",), "parquet": (".parquet",)}.get(format)
+    if extensions is None:
+        raise InputError(f"unknown input format {format!r}; known: images, webdataset, parquet")
+    files = _list_files(uris, storage_options, extensions)
+    shards = []
+    for i, record in enumerate(files):
+        fs, path = filesystem(record.uri, storage_options)
+        shards.append(Shard(index=i, format=format, source=record.uri, size=int(fs.size(path) or 0)))
+    return shards

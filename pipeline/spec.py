@@ -22,11 +22,20 @@ class InputSpec(_Strict):
     uri: str | list[str] = Field(
         description="A folder, a glob, or a list of URIs (local paths or fsspec URLs such as s3://bucket/faces/)."
     )
-    format: Literal["images"] = Field(
-        "images", description="images: a folder or glob of image files (jpg, jpeg, png, webp, bmp)."
+    format: Literal["images", "webdataset", "parquet"] = Field(
+        "images",
+        description="images: a folder or glob of image files (jpg, jpeg, png, webp, bmp), cut into shards of "
+        "shard_size; webdataset: .tar shards, one sample per key; parquet: files with an image-bytes column. "
+        "For webdataset and parquet each file is a shard.",
     )
     shard_size: int = Field(
-        1000, ge=1, description="Images per shard: the sorted file list is cut into groups of this many."
+        1000, ge=1, description="images format: files per shard (the sorted file list is cut into groups)."
+    )
+    image_column: str = Field(
+        "image", description="parquet format: the column of encoded image bytes (or {bytes, path} structs)."
+    )
+    key_column: str | None = Field(
+        None, description="parquet format: the column of record keys; default '<file name>:<row>'."
     )
     resize: bool = Field(
         False,

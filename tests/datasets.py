@@ -42,3 +42,28 @@ def bad_images() -> dict[str, bytes]:
         "bad/rgba.png": png_bytes(6, mode="RGBA"),
         "bad/big.png": png_bytes(7, size=48),
     }
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A WebDataset shard: the given (member name, bytes) pairs in order."""
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_image_parquet(path: Path, rows: list[tuple[str | None, object]], struct: bool = False) -> Path:
+    """A Parquet file with ``key`` and ``image`` columns; ``struct`` stores images as {bytes, path}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = [k for k, _ in rows]
+    images = [v for _, v in rows]
+    if struct:
+        images = [None if v is None else {"bytes": v, "path": f"{k}.png"} for k, v in rows]
+    pq.write_table(pa.table({"key": keys, "image": images}), path)
+    return path

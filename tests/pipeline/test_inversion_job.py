@@ -172,3 +172,43 @@ def test_object_storage_end_to_end(ray_local, s3_server, tiny_checkpoint, tmp_pa
     assert sources[0] == "s3://faces/set1/a/img_000.png"
     np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
     assert s3.exists("latents/run1/_manifest.json")
+
+
+def test_actors_that_would_starve_decoding_are_refused(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    make_image_folder(folder, good=2)
+    spec = make_spec(str(folder), tiny_checkpoint, str(out), resources={"num_cpus_per_actor": 2, "decode_cpus": 1})
+    with pytest.raises(PreflightError, match=r"need 3 CPU and 0 GPU; the Ray cluster has 2 CPU"):
+        run_inversion(spec, show_progress=False)
+    assert not out.exists()
+
+
+def test_webdataset_and_parquet_inputs(ray_local, tiny_checkpoint, tmp_path):
+    from datasets import png_bytes, write_image_parquet, write_tar
+
+    tars, parquets = tmp_path / "tars", tmp_path / "parquets"
+    tars.mkdir()
+    parquets.mkdir()
+    write_tar(tars / "000.tar", [("x/1.png", png_bytes(1)), ("x/1.json", b"{}"), ("x/2.png", b"")])
+    write_tar(tars / "001.tar", [("x/3.png", png_bytes(3))])
+    write_image_parquet(parquets / "a.parquet", [("p1", png_bytes(1)), ("p2", png_bytes(2))], struct=True)
+    write_image_parquet(parquets / "b.parquet", [("p3", png_bytes(3)), ("p4", None)])
+
+    report = run_inversion(make_spec(str(tars), tiny_checkpoint, str(tmp_path / "out-wds"), input={"format": "webdataset"}), show_progress=False)
+    assert (report.shards, report.records, report.written, report.rejected) == (2, 3, 2, 1)
+    keys, sources, codes, rejects = read_output(str(tmp_path / "out-wds"))
+    assert keys == ["x/1", "x/3"] and rejects == ["x/2"]
+    assert sources == [f"file://{tars}/000.tar#x/1.png", f"file://{tars}/001.tar#x/3.png"]
+
+    spec = make_spec(str(parquets), tiny_checkpoint, str(tmp_path / "out-pq"), input={"format": "parquet", "key_column": "key"})
+    report = run_inversion(spec, show_progress=False)
+    assert (report.shards, report.records, report.written, report.rejected) == (2, 4, 3, 1)
+    keys, _, pq_codes, rejects = read_output(str(tmp_path / "out-pq"))
+    assert keys == ["p1", "p2", "p3"] and rejects == ["p4"]
+    # The same image gives the same code whichever container it came in.
+    np.testing.assert_allclose(pq_codes[0], codes[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pq_codes[2], codes[1], rtol=0, atol=1e-5)
+
+    missing = make_spec(str(parquets), tiny_checkpoint, str(tmp_path / "out-x"), input={"format": "parquet", "image_column": "jpeg"})
+    with pytest.raises(PreflightError, match=r"a.parquet has no column 'jpeg' \(input.image_column\); its columns: key, image"):
+        plan_job(missing)

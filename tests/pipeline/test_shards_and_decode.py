@@ -5,40 +5,40 @@ import io
 
 from datasets import bad_images, make_image_folder, png_bytes
 from pipeline.decode import decode_image, read_and_decode
-from pipeline.shards import InputError, list_image_shards
+from pipeline.shards import InputError, list_shards
 
 
 def test_folder_listing_is_sorted_sharded_and_keyed_by_relative_path(tmp_path):
     keys = make_image_folder(tmp_path, good=7)
     (tmp_path / "notes.txt").write_text("not an image")
-    shards = list_image_shards(str(tmp_path), 3, {})
+    shards = list_shards(str(tmp_path), "images", 3, {})
     assert [len(s.records) for s in shards] == [3, 3, 1]
     assert [r.key for s in shards for r in s.records] == keys
     assert shards[0].records[0].uri == f"file://{tmp_path}/a/img_000.png"
     assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
-    again = list_image_shards(str(tmp_path) + "/", 3, {})
+    again = list_shards(str(tmp_path) + "/", "images", 3, {})
     assert [s.fingerprint for s in again] == [s.fingerprint for s in shards]
 
 
 def test_glob_and_list_inputs(tmp_path):
     make_image_folder(tmp_path, good=4)
-    by_glob = list_image_shards(f"{tmp_path}/b/*.png", 10, {})
+    by_glob = list_shards(f"{tmp_path}/b/*.png", "images", 10, {})
     assert [r.key for r in by_glob[0].records] == ["img_001.png", "img_003.png"]
-    both = list_image_shards([f"{tmp_path}/a", f"{tmp_path}/b"], 10, {})
+    both = list_shards([f"{tmp_path}/a", f"{tmp_path}/b"], "images", 10, {})
     assert [r.key for r in both[0].records] == ["img_000.png", "img_001.png", "img_002.png", "img_003.png"]
 
 
 def test_listing_errors_name_the_uri(tmp_path):
     with pytest.raises(InputError, match=f"input {tmp_path}/absent does not exist"):
-        list_image_shards(str(tmp_path / "absent"), 10, {})
+        list_shards(str(tmp_path / "absent"), "images", 10, {})
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no image files"):
-        list_image_shards(str(tmp_path / "empty"), 10, {})
+    with pytest.raises(InputError, match="no .jpg, .jpeg, .png, .webp, .bmp files found"):
+        list_shards(str(tmp_path / "empty"), "images", 10, {})
     for folder in ("x", "y"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "same.png").write_bytes(png_bytes(0))
     with pytest.raises(InputError, match="two input files have the key 'same.png'"):
-        list_image_shards([str(tmp_path / "x"), str(tmp_path / "y")], 10, {})
+        list_shards([str(tmp_path / "x"), str(tmp_path / "y")], "images", 10, {})
 
 
 def test_decode_matches_pil_and_applies_the_flags():
@@ -56,7 +56,7 @@ def test_decode_matches_pil_and_applies_the_flags():
 
 def test_bad_records_become_rejects_with_reasons(tmp_path):
     good = make_image_folder(tmp_path, good=3, bad=bad_images())
-    (shard,) = list_image_shards(str(tmp_path), 100, {})
+    (shard,) = list_shards(str(tmp_path), "images", 100, {})
     decoded = read_and_decode(shard, 32, False, False, {})
     assert decoded.keys == good and decoded.images.shape == (3, 32, 32, 3)
     reasons = {key: error for key, _, error in decoded.rejects}
@@ -72,7 +72,7 @@ def test_bad_records_become_rejects_with_reasons(tmp_path):
 
 def test_a_file_deleted_after_listing_is_a_reject(tmp_path):
     make_image_folder(tmp_path, good=2)
-    (shard,) = list_image_shards(str(tmp_path), 100, {})
+    (shard,) = list_shards(str(tmp_path), "images", 100, {})
     (tmp_path / "b" / "img_001.png").unlink()
     decoded = read_and_decode(shard, 32, False, False, {})
     assert decoded.keys == ["a/img_000.png"]
