@@ -1,10 +1,11 @@
 """Invert a dataset of face images into W+ codes, one Parquet file per input shard.
 
-    python -m jobs.invert_dataset spec.yaml [--overwrite] [--no-progress]
+    python -m jobs.invert_dataset spec.yaml [--overwrite | --retry-rejects | --verify] [--no-progress]
     ray job submit --working-dir . -- python -m jobs.invert_dataset spec.yaml
 
-Exit codes: 0 success; 1 the job ran and failed (too many rejects, a shard failed after retries);
-2 the spec or its inputs are unusable, detected before any work started and with nothing written.
+Exit codes: 0 success; 1 the job ran and failed (too many rejects, a shard failed after retries), or
+--verify found differences; 2 the spec or its inputs are unusable, detected before any work started and
+with nothing written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from pipeline.runner import JobFailed, PreflightError, run_inversion
 from pipeline.spec import InversionSpec
+from pipeline.verify import VerifyError, verify_output
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC = 0, 1, 2
 
@@ -44,15 +46,33 @@ def load_spec(path: Path) -> InversionSpec:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.invert_dataset", description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path, help="YAML spec file")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--overwrite", action="store_true", help="replace output of a different checkpoint, stage count or spec"
+    )
+    mode.add_argument(
+        "--retry-rejects",
+        action="store_true",
+        help="also read and invert again the rejected records of committed shards (after fixing the files, "
+        "or after a storage outage); recovered records join their shard's latents",
+    )
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="run nothing: check that every input record is in the output or the rejects exactly once",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        report = run_inversion(spec, overwrite=args.overwrite, show_progress=not args.no_progress)
-    except (PreflightError, ValueError) as e:  # found before any work: nothing was written
+        if args.verify:
+            verified = verify_output(spec)
+            print(verified.summary())
+            return EXIT_OK if verified.ok else EXIT_FAILED
+        report = run_inversion(
+            spec, overwrite=args.overwrite, show_progress=not args.no_progress, retry_rejects=args.retry_rejects
+        )
+    except (PreflightError, VerifyError, ValueError) as e:  # found before any work: nothing was written
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPEC
     except JobFailed as e:

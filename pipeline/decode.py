@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import posixpath
 import tarfile
@@ -57,10 +58,17 @@ def read_and_decode(
     storage_options: Mapping[str, Any],
     image_column: str = "image",
     key_column: str | None = None,
+    only: frozenset[str] | None = None,
 ) -> DecodedShard:
+    """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects)."""
     out = DecodedShard()
     images = []
-    for key, source, blob in read_records(shard, storage_options, image_column, key_column):
+    if only is not None and shard.format == "images":  # fetch only those files
+        shard = dataclasses.replace(shard, records=tuple(r for r in shard.records if r.key in only))
+    records = read_records(shard, storage_options, image_column, key_column) if shard.records or shard.source else ()
+    for key, source, blob in records:
+        if only is not None and key not in only:
+            continue
         try:
             if isinstance(blob, BaseException):
                 raise ValueError(str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}")

@@ -5,7 +5,8 @@
     inference actor      images -> W+ codes                                   [object store]
     write task (CPU)     codes + keys -> Parquet, rejects, then stats (commit)
 
-Decoding runs ahead of the model and writing runs behind it, so neither waits on the other. An actor
+Decoding runs ahead of the model and writing runs behind it, so neither waits on the other; each
+actor has a second shard queued behind the one it is inverting. An actor
 that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a failed
 decode or write task is retried by Ray; a shard is written whole or not at all.
 """
@@ -25,14 +26,17 @@ import ray
 
 from engines import CheckpointError, checkpoint_sha256, load_e2style
 from pipeline.actors import InferenceActor, InverterFactory
-from pipeline.decode import read_and_decode
 from pipeline.shards import Shard, list_shards
+from pipeline.tasks import decode_shard, write_shard
 from pipeline.sink import OutputStore
 from pipeline.spec import InversionSpec
 from pipeline.storage import filesystem
 
 PACKAGE_VERSION = "0.1.0"
 RETRIES = 3
+# A second call waits in the actor's queue, so the model starts the next shard as soon as it finishes
+# one, without a round trip through a driver that may be short of CPU.
+CALLS_PER_ACTOR = 2
 
 
 class PreflightError(ValueError):
@@ -52,10 +56,18 @@ class Plan:
     committed: dict[str, dict]
     provenance: dict[str, Any]
     store: OutputStore
+    retry_rejects: bool = False
 
     @property
     def todo(self) -> list[Shard]:
         return [s for s in self.shards if s.name not in self.committed]
+
+    @property
+    def retries(self) -> list[Shard]:
+        """Committed shards whose rejected records are tried again (only with ``retry_rejects``)."""
+        if not self.retry_rejects:
+            return []
+        return [s for s in self.shards if self.committed.get(s.name, {}).get("rejected", 0) > 0]
 
 
 @dataclass
@@ -70,6 +82,8 @@ class JobReport:
     failure_rate: float
     succeeded: bool
     message: str = ""
+    retried: int = 0
+    recovered: int = 0
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -80,13 +94,19 @@ class JobReport:
             f"time {self.seconds:.1f} s, {rate:.1f} records/s this run",
             f"output: {self.output}",
         ]
+        if self.retried:
+            lines.insert(1, f"retried {self.retried} rejected records: {self.recovered} recovered, "
+                            f"{self.retried - self.recovered} still rejected")
         if self.message:
             lines.append(self.message)
         return "\n".join(lines)
 
 
-def plan_job(spec: InversionSpec, overwrite: bool = False) -> Plan:
-    """List the input, inspect the checkpoint and the output. Raises PreflightError; writes nothing."""
+def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool = False) -> Plan:
+    """List the input, inspect the checkpoint and the output. Raises PreflightError; writes nothing.
+
+    With ``retry_rejects`` the rejected records of committed shards are read and inverted again.
+    """
     try:
         shards = list_shards(spec.input.uri, spec.input.format, spec.input.shard_size, spec.input.storage_options)
         if spec.input.format == "parquet":
@@ -142,7 +162,7 @@ def plan_job(spec: InversionSpec, overwrite: bool = False) -> Plan:
                 f"input.uri: the input listing changed since {name} was committed in {spec.output.uri} "
                 "(files added, removed or renamed); write to a new output.uri or rerun with --overwrite"
             )
-    return Plan(spec, shards, committed, provenance, store)
+    return Plan(spec, shards, committed, provenance, store, retry_rejects)
 
 
 def _check_parquet_columns(shard: Shard, spec: InversionSpec) -> None:
@@ -164,35 +184,6 @@ def _check_reachable(store: OutputStore) -> None:
     bucket = store.root.split("/", 1)[0]
     if not store.fs.exists(bucket):
         raise OSError(f"bucket {bucket!r} does not exist or is not reachable")
-
-
-def _decode(shard: Shard, size: int, input_spec: dict) -> tuple[dict, Any]:
-    decoded = read_and_decode(
-        shard,
-        size,
-        input_spec["resize"],
-        input_spec["convert_to_rgb"],
-        input_spec["storage_options"],
-        input_spec["image_column"],
-        input_spec["key_column"],
-    )
-    return {"keys": decoded.keys, "sources": decoded.sources, "rejects": decoded.rejects}, decoded.images
-
-
-def _write(store_args: tuple, shard: Shard, meta: dict, codes, provenance: dict, spec_output: dict, started: float) -> dict:
-    store = OutputStore(*store_args)
-    return store.write_shard(
-        shard.name,
-        shard.fingerprint,
-        meta["keys"],
-        meta["sources"],
-        codes,
-        meta["rejects"],
-        provenance,
-        spec_output["latent_dtype"],
-        spec_output["row_group_size"],
-        started,
-    )
 
 
 def _check_cluster_fits(res) -> None:
@@ -223,9 +214,10 @@ def start_ray(address: str | None) -> None:
 def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobReport:
     spec, res = plan.spec, plan.spec.resources
     started = time.time()
-    todo = plan.todo
+    todo = [(shard, False) for shard in plan.todo] + [(shard, True) for shard in plan.retries]
     if plan.committed == {} and not todo:
         raise JobFailed("nothing to do: the input has no shards")
+    retried = sum(plan.committed[s.name]["rejected"] for s, retry in todo if retry)
     if todo:
         _check_cluster_fits(res)
     plan.store.write_job(plan.provenance)
@@ -247,11 +239,11 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
             max_task_retries=RETRIES,
         )
         actors = [actor_cls.remote(factory) for _ in range(res.num_actors)]
-        decode = ray.remote(_decode).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
+        decode = ray.remote(decode_shard).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
         # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
         # one could wait forever. They are I/O and a light zstd pass.
-        write = ray.remote(_write).options(num_cpus=0, max_retries=RETRIES)
-        in_flight = res.shards_in_flight or 2 * res.num_actors
+        write = ray.remote(write_shard).options(num_cpus=0, max_retries=RETRIES)
+        in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
         store_args = (spec.output.uri, dict(spec.output.storage_options))
         output_args = spec.output.model_dump(include={"latent_dtype", "row_group_size"})
         size = plan.provenance["image_size"]
@@ -261,24 +253,26 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
 
         queue = deque(todo)
         decoding: deque = deque()
-        idle = list(actors)
+        calls = {actor: 0 for actor in actors}  # invert calls queued on each actor
         inverting: dict = {}
         writing: dict = {}
         while queue or decoding or inverting or writing:
             while queue and len(decoding) + len(inverting) < in_flight:
-                shard = queue.popleft()
-                meta_ref, images_ref = decode.remote(shard, size, input_args)
-                decoding.append((shard, meta_ref, images_ref, time.time()))
-            while idle and decoding:
-                shard, meta_ref, images_ref, t0 = decoding.popleft()
-                actor = idle.pop()
-                inverting[actor.invert.remote(images_ref, res.batch_size)] = (shard, actor, meta_ref, t0)
+                shard, retry = queue.popleft()
+                meta_ref, images_ref = decode.remote(shard, size, input_args, store_args if retry else None)
+                decoding.append((shard, retry, meta_ref, images_ref, time.time()))
+            while decoding and min(calls.values()) < CALLS_PER_ACTOR:
+                shard, retry, meta_ref, images_ref, t0 = decoding.popleft()
+                actor = min(calls, key=calls.get)
+                calls[actor] += 1
+                inverting[actor.invert.remote(images_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
             ready, _ = ray.wait([*inverting, *writing], num_returns=1)
             for ref in ready:
                 if ref in inverting:
-                    shard, actor, meta_ref, t0 = inverting.pop(ref)
-                    idle.append(actor)
-                    writing[write.remote(store_args, shard, meta_ref, ref, plan.provenance, output_args, t0)] = shard
+                    shard, retry, actor, meta_ref, t0 = inverting.pop(ref)
+                    calls[actor] -= 1
+                    args = (store_args, shard, meta_ref, ref, plan.provenance, output_args, t0, retry)
+                    writing[write.remote(*args)] = shard
                     continue
                 shard = writing.pop(ref)
                 try:
@@ -293,6 +287,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
 
     records = sum(s["records"] for s in stats.values())
     rejected = sum(s["rejected"] for s in stats.values())
+    recovered = sum(stats[s.name]["written"] - plan.committed[s.name]["written"] for s, retry in todo if retry)
     rate = rejected / records if records else 0.0
     ok = rate <= spec.max_failure_rate
     message = "" if ok else (
@@ -312,11 +307,15 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         failure_rate=rate,
         succeeded=ok,
         message=message,
+        retried=retried,
+        recovered=recovered,
     )
 
 
-def run_inversion(spec: InversionSpec, overwrite: bool = False, show_progress: bool = True) -> JobReport:
-    plan = plan_job(spec, overwrite=overwrite)
+def run_inversion(
+    spec: InversionSpec, overwrite: bool = False, show_progress: bool = True, retry_rejects: bool = False
+) -> JobReport:
+    plan = plan_job(spec, overwrite=overwrite, retry_rejects=retry_rejects)
     start_ray(spec.ray_address)
     if overwrite:
         _check_cluster_fits(spec.resources)  # refuse before deleting anything
@@ -336,9 +335,12 @@ class ProgressBar:
         from tqdm import tqdm
 
         # Records of webdataset and parquet shards are counted only as they are read.
-        total = sum(len(s.records) for s in plan.todo) if plan.spec.input.format == "images" else None
+        self.retrying = {s.name: plan.committed[s.name]["rejected"] for s in plan.retries}
+        total = None
+        if plan.spec.input.format == "images":
+            total = sum(len(s.records) for s in plan.todo) + sum(self.retrying.values())
         self.shards_total = len(plan.shards)
-        self.shards_done = len(plan.committed)
+        self.shards_done = len(plan.committed) - len(self.retrying)
         self.rejected = 0
         self.bar = tqdm(total=total, unit="rec", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         self._refresh()
@@ -350,7 +352,7 @@ class ProgressBar:
         self.shards_done += 1
         self.rejected += stats["rejected"]
         self._refresh()
-        self.bar.update(stats["records"])
+        self.bar.update(self.retrying.get(stats["shard"], stats["records"]))
 
     def close(self) -> None:
         self.bar.close()

@@ -8,6 +8,8 @@ the folder as a dataset yields the latents only):
     _stats/shard-00000.json      written last: the shard is committed once this exists
     _job.json                    what produced the output (checked on resume)
     _manifest.json               written when every shard is committed and the job succeeded
+
+A retry of a shard's rejects removes its stats first, replaces its files, then writes new stats.
 """
 
 from __future__ import annotations
@@ -101,6 +103,63 @@ class OutputStore:
                 stats[record["shard"]] = record
         return stats
 
+    def read_latents(self, shard: str) -> pa.Table:
+        with self.fs.open(self.data_path(shard), "rb") as f:
+            return pq.read_table(f)
+
+    def read_rejects(self, shard: str) -> list[tuple[str, str, str]]:
+        """(key, source, error) of the shard's rejected records; none when it has no rejects file."""
+        if not self.fs.exists(self.rejects_path(shard)):
+            return []
+        with self.fs.open(self.rejects_path(shard), "rb") as f:
+            table = pq.read_table(f)
+        return list(zip(*(table.column(name).to_pylist() for name in REJECT_SCHEMA.names)))
+
+    def retry_rejects(
+        self,
+        shard: str,
+        keys: list[str],
+        sources: list[str],
+        codes: np.ndarray,
+        still_rejected: list[tuple[str, str, str]],
+        provenance: Mapping[str, Any],
+        latent_dtype: str,
+        row_group_size: int,
+        started: float,
+    ) -> dict:
+        """Recommit a shard with the records recovered by a retry of its rejects appended to its latents.
+
+        The shard is uncommitted (its stats removed) before its files are replaced, so a crash part way
+        leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of old
+        and new files. Rejects the retry did not reach keep their earlier error.
+        """
+        previous = self.committed_stats(shard)
+        old = self.read_latents(shard)
+        recovered = set(keys)
+        retried = recovered | {r[0] for r in still_rejected}
+        untouched = [r for r in self.read_rejects(shard) if r[0] not in retried]
+        all_codes = np.concatenate([old.column(LATENT_COLUMN).combine_chunks().to_numpy_ndarray(), codes])
+        self.uncommit(shard)
+        return self.write_shard(
+            shard,
+            previous["fingerprint"],
+            old.column("key").to_pylist() + keys,
+            old.column("source").to_pylist() + sources,
+            all_codes.astype(np.float32, copy=False),
+            still_rejected + untouched,
+            provenance,
+            latent_dtype,
+            row_group_size,
+            started,
+            retries=previous.get("retries", 0) + 1,
+        )
+
+    def committed_stats(self, shard: str) -> dict:
+        return self._read_json(self.stats_path(shard))
+
+    def uncommit(self, shard: str) -> None:
+        self.fs.rm(self.stats_path(shard))
+
     def clear(self) -> None:
         """Remove every file this job layout owns (for a deliberate fresh start); other files stay."""
         owned = [self.job_path, self.manifest_path]
@@ -125,6 +184,7 @@ class OutputStore:
         latent_dtype: str,
         row_group_size: int,
         started: float,
+        retries: int = 0,
     ) -> dict:
         """Write the shard's latents and rejects, then its stats file, which commits it. Returns the stats."""
         if codes.ndim != 3 or len(codes) != len(keys) or len(keys) != len(sources):
@@ -171,6 +231,8 @@ class OutputStore:
             "rejects_file": rejects_file,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if retries:
+            stats["retries"] = retries
         self._write_json(self.stats_path(shard), stats)
         return stats
 

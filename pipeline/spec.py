@@ -85,7 +85,10 @@ class ResourcesSpec(_Strict):
     batch_size: int = Field(32, ge=1, description="Images per model call.")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each shard-decoding task.")
     shards_in_flight: int = Field(
-        0, ge=0, description="Shards decoded ahead of the model; 0 means two per actor."
+        0,
+        ge=0,
+        description="Shards decoding or waiting for an actor at once (their images are held in Ray's object "
+        "store); 0 means three per actor.",
     )
 
 

@@ -14,7 +14,8 @@ import yaml
 
 from datasets import S3_ENV, make_image_folder
 from factories import make_e2style, write_official
-from jobs.invert_dataset import EXIT_BAD_SPEC, EXIT_OK, main
+from datasets import png_bytes
+from jobs.invert_dataset import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,32 @@ def test_success_prints_a_summary(ray_local, tmp_path, checkpoint, capsys):
     assert f"output: {tmp_path / 'out'}" in out
 
 
+def test_verify_and_retry_rejects_from_the_command_line(ray_local, tmp_path, checkpoint, capsys):
+    spec = base_spec(tmp_path, checkpoint)
+    spec["max_failure_rate"] = 0.5
+    (tmp_path / "in" / "late.png").write_bytes(b"")  # still being uploaded when the job ran
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    assert main([str(path), "--no-progress"]) == EXIT_OK
+    assert main([str(path), "--verify"]) == EXIT_OK
+    assert "every input record is there exactly once" in capsys.readouterr().out
+
+    (tmp_path / "out" / "_stats" / "shard-00000.json").unlink()
+    assert main([str(path), "--verify"]) == EXIT_FAILED
+    assert "shard-00000: not committed (a data file without stats" in capsys.readouterr().out
+
+    (tmp_path / "in" / "late.png").write_bytes(png_bytes(7))
+    assert main([str(path), "--retry-rejects", "--no-progress"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "succeeded: 4 of 4 records inverted, 0 rejected" in out
+    assert "retried 1 rejected records: 1 recovered, 0 still rejected" in out
+    assert main([str(path), "--verify"]) == EXIT_OK
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--verify", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def run_job(spec: Path) -> subprocess.Popen:
     env = {**os.environ, **S3_ENV, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
@@ -112,6 +139,7 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, checkpoint):
     for shard in sorted((tmp_path / "out").glob("shard-*.parquet")):
         keys += pq.read_table(shard).column("key").to_pylist()
     assert keys == sorted(keys) and len(keys) == len(set(keys)) == 60
+    assert main([str(path), "--verify"]) == EXIT_OK
 
 
 def free_ports(count: int) -> list[int]:
