@@ -97,6 +97,35 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def adaptive_pool_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """[out_size, in_size] float64 rows averaging the windows adaptive average pooling uses:
+    row i covers [floor(i * in / out), ceil((i + 1) * in / out))."""
+    rows = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        start, end = (i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)
+        rows[i, start:end] = 1.0 / (end - start)
+    return rows
+
+
+class MatrixAvgPool2d(nn.Module):
+    """Adaptive average pooling of a known input size as two matrix products, ``rows @ x @ rows.T``.
+
+    The same windows and numbers as ``nn.AdaptiveAvgPool2d`` (to float32 round-off), but a graph that
+    exporters accept and that does not depend on the batch size.
+    """
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.in_size = in_size
+        self.register_buffer("rows", adaptive_pool_matrix(in_size, out_size).float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.in_size, self.in_size):
+            raise ValueError(f"pooling built for {self.in_size}x{self.in_size} inputs, got {tuple(x.shape[-2:])}")
+        rows = self.rows.to(x.dtype)
+        return rows @ x @ rows.transpose(0, 1)
+
+
 def _head(channels: int, pool: int, codes: int, style_dim: int) -> nn.Sequential:
     """BN, adaptive average pool to pool x pool, flatten (c*pool^2 + h*pool + w), one linear layer."""
     return nn.Sequential(
@@ -154,3 +183,12 @@ class E2StyleEncoder(nn.Module):
             parts.append(head(x).view(-1, codes, c.style_dim))
         shallow, middle, deep = parts
         return torch.cat((deep, middle, shallow), dim=1)
+
+    def use_matrix_pooling(self, image_size: int) -> None:
+        """Pool the heads with ``MatrixAvgPool2d`` for inputs of ``image_size`` (for export; same numbers)."""
+        # The input layer keeps the size and each block's first unit halves it; heads tap blocks 1-3.
+        for block, head in enumerate((self.output_layer_5, self.output_layer_4, self.output_layer_3)):
+            size = image_size >> (block + 1)
+            if size < 1 or size << (block + 1) != image_size:
+                raise ValueError(f"image size {image_size} does not halve evenly down to block {block + 1}")
+            head[1] = MatrixAvgPool2d(size, self.config.head_pool)
