@@ -40,6 +40,33 @@ def test_head_pooling_uses_pytorch_adaptive_windows():
     torch.testing.assert_close(pool(x)[0], expected)
 
 
+def test_matrix_pooling_has_the_adaptive_windows():
+    from operators.e2style.encoder import MatrixAvgPool2d, adaptive_pool_matrix
+
+    rows = adaptive_pool_matrix(32, 7)
+    windows = [(0, 5), (4, 10), (9, 14), (13, 19), (18, 23), (22, 28), (27, 32)]
+    assert [tuple(torch.nonzero(r)[[0, -1], 0].add(torch.tensor([0, 1])).tolist()) for r in rows] == windows
+    torch.testing.assert_close(rows.sum(1), torch.ones(7, dtype=torch.float64), rtol=0, atol=1e-15)
+    x = torch.randn(3, 2, 32, 32)
+    torch.testing.assert_close(MatrixAvgPool2d(32, 7)(x), torch.nn.AdaptiveAvgPool2d(7)(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling built for 32x32 inputs, got \\(30, 30\\)"):
+        MatrixAvgPool2d(32, 7)(torch.zeros(1, 1, 30, 30))
+
+
+def test_an_encoder_with_matrix_pooling_gives_the_same_codes():
+    model = make_e2style(stages=1, seed=3)
+    x = images(3, 3, model.config.image_size, seed=4)
+    with torch.no_grad():
+        adaptive = model.encoder_firststage(x)
+        model.encoder_firststage.use_matrix_pooling(model.config.image_size)
+        matrix = model.encoder_firststage(x)
+    assert type(model.encoder_firststage.output_layer_3[1]).__name__ == "MatrixAvgPool2d"
+    assert list(model.state_dict()) == list(make_e2style(stages=1, seed=3).state_dict())  # no new keys
+    torch.testing.assert_close(matrix, adaptive, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="image size 36 does not halve evenly down to block 3"):
+        model.encoder_firststage.use_matrix_pooling(36)
+
+
 def test_w_plus_slot_order_deep_middle_shallow():
     model = make_e2style()
     x = images(1, 3, 32, seed=0)
