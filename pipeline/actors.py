@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines import Inverter, load_inverter
+from engines.engine import Engine, EngineOptions, build_engine
+from engines.gate import AccuracyGateFailed
 from operators.images import images_to_tensor
 
 
@@ -22,11 +24,29 @@ class InverterFactory:
     device: str  # "cpu" or "cuda"
     threads: int  # torch intra-op threads on CPU
     storage_options: dict[str, Any] = field(default_factory=dict)
+    engine: EngineOptions = EngineOptions()
+    gate: bool = False  # actors load an engine already gated by prepare_engine
 
-    def __call__(self) -> Inverter:
+    def __call__(self) -> Engine:
         if self.device == "cpu":
             torch.set_num_threads(max(1, self.threads))
-        return load_inverter(self.checkpoint, stages=self.stages, device=self.device, storage_options=self.storage_options)
+        return build_engine(
+            self.checkpoint, self.engine, self.stages, self.device, self.storage_options, gate=self.gate
+        )
+
+
+def prepare_engine(factory: InverterFactory) -> dict:
+    """Build the engine once for the cluster (filling the engine cache) and put it through the gate.
+
+    Returns {"options": the options that passed (after any fallback), "report": the gate's verdict} or
+    {"error": why no engine passed}.
+    """
+    try:
+        engine = dataclasses.replace(factory, gate=True)()
+    except AccuracyGateFailed as e:
+        return {"error": str(e)}
+    report = engine.gate_report.describe() if engine.gate_report else None
+    return {"options": engine.options, "report": report}
 
 
 class InferenceActor:

@@ -13,6 +13,7 @@ decode or write task is retried by Ray; a shard is written whole or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -25,7 +26,9 @@ import pyarrow.parquet as pq
 import ray
 
 from engines import CheckpointError, checkpoint_sha256, load_e2style
-from pipeline.actors import InferenceActor, InverterFactory
+from engines.engine import EngineOptions
+from engines.gate import GateThresholds
+from pipeline.actors import InferenceActor, InverterFactory, prepare_engine
 from pipeline.shards import Shard, list_shards
 from pipeline.tasks import decode_shard, write_shard
 from pipeline.sink import OutputStore
@@ -133,8 +136,8 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
         "image_size": cfg.image_size,
         "num_ws": cfg.num_ws,
         "style_dim": cfg.style_dim,
-        "engine": "torch",
-        "precision": "float32",
+        "engine": engine_options(spec).name,
+        "precision": spec.engine.precision,
         "latent_dtype": spec.output.latent_dtype,
         "package_version": PACKAGE_VERSION,
         "spec_sha256": spec.output_fingerprint(),
@@ -200,6 +203,40 @@ def _check_cluster_fits(res) -> None:
         )
 
 
+def engine_options(spec: InversionSpec) -> EngineOptions:
+    e, res = spec.engine, spec.resources
+    max_batch = e.max_batch or res.batch_size
+    return EngineOptions(
+        backend=e.backend,
+        precision=e.precision,
+        fallback=tuple(e.fallback),
+        compile=e.compile,
+        cuda_graphs=e.cuda_graphs,
+        min_batch=min(e.min_batch, max_batch),
+        opt_batch=min(res.batch_size, max_batch),
+        max_batch=max_batch,
+        threads=math.ceil(res.num_cpus_per_actor),
+        cache_uri=e.cache_uri or spec.output.uri.rstrip("/") + "/_engines",
+        cache_storage_options=dict(e.cache_storage_options if e.cache_uri else spec.output.storage_options),
+        gate=GateThresholds(e.gate.max_wplus_error, e.gate.min_psnr_db),
+        gate_batch=e.gate.batch,
+    )
+
+
+def _prepare(factory: InverterFactory, res, provenance: dict) -> InverterFactory:
+    """Build and gate the engine once, on a worker shaped like the actors, before any actor starts."""
+    options = factory.engine
+    if options.is_reference:
+        return factory
+    task = ray.remote(prepare_engine).options(num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor)
+    result = ray.get(task.remote(factory))
+    if "error" in result:
+        raise PreflightError(f"engine: {result['error']}")
+    options = result["options"]
+    provenance.update(engine=options.name, precision=options.precision, accuracy_gate=result["report"])
+    return dataclasses.replace(factory, engine=options)
+
+
 def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
@@ -220,10 +257,6 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
     retried = sum(plan.committed[s.name]["rejected"] for s, retry in todo if retry)
     if todo:
         _check_cluster_fits(res)
-    plan.store.write_job(plan.provenance)
-    stats = dict(plan.committed)
-
-    if todo:
         use_gpu = res.num_gpus_per_actor > 0
         factory = InverterFactory(
             checkpoint=spec.model.checkpoint,
@@ -231,7 +264,13 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
             device="cuda" if use_gpu else "cpu",
             threads=math.ceil(res.num_cpus_per_actor),
             storage_options=dict(spec.model.storage_options),
+            engine=engine_options(spec),
         )
+        factory = _prepare(factory, res, plan.provenance)
+    plan.store.write_job(plan.provenance)
+    stats = dict(plan.committed)
+
+    if todo:
         actor_cls = ray.remote(InferenceActor).options(
             num_cpus=res.num_cpus_per_actor,
             num_gpus=res.num_gpus_per_actor,

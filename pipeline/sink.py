@@ -8,6 +8,7 @@ the folder as a dataset yields the latents only):
     _stats/shard-00000.json      written last: the shard is committed once this exists
     _job.json                    what produced the output (checked on resume)
     _manifest.json               written when every shard is committed and the job succeeded
+    _engines/                    exported graphs and TensorRT plans (engines.cache), unless engine.cache_uri
 
 A retry of a shard's rejects removes its stats first, replaces its files, then writes new stats.
 """

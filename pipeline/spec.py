@@ -92,11 +92,61 @@ class ResourcesSpec(_Strict):
     )
 
 
+class GateSpec(_Strict):
+    max_wplus_error: float | None = Field(
+        None, gt=0, description="Largest allowed |W+ - W+ of float32 PyTorch| on the gate batch; default by precision "
+        "(1e-3 float32, 0.05 float16, 0.1 bfloat16)."
+    )
+    min_psnr_db: float | None = Field(
+        None, gt=0, description="Smallest allowed reconstruction PSNR against float32 PyTorch; default 60 dB for "
+        "float32, 40 dB for reduced precision."
+    )
+    batch: int = Field(4, ge=1, description="Images in the fixed gate batch.")
+
+
+class EngineSpec(_Strict):
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
+        "torch", description="torch (eager or compiled), onnxruntime (CPU, or CUDA when present) or tensorrt (GPU)."
+    )
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Arithmetic precision; reduced precision needs torch on a GPU or tensorrt."
+    )
+    fallback: list[Literal["float32", "bfloat16", "float16"]] = Field(
+        default_factory=list,
+        description="Precisions to try in turn when the engine fails the accuracy gate, e.g. [float32]. "
+        "Empty: a failed gate fails the job before any work.",
+    )
+    compile: bool = Field(False, description="torch backend: torch.compile the graphs.")
+    cuda_graphs: bool = Field(False, description="torch backend on GPU: compile with CUDA graphs (needs compile).")
+    min_batch: int = Field(1, ge=1, description="tensorrt: smallest batch of the dynamic batch profile.")
+    max_batch: int | None = Field(
+        None, ge=1, description="Largest batch an engine runs at once (tensorrt: the profile's maximum); "
+        "default: resources.batch_size. The profile's optimum is resources.batch_size."
+    )
+    cache_uri: str | None = Field(
+        None, description="Folder or fsspec URI for exported graphs and TensorRT plans, shared by the cluster; "
+        "default: _engines/ under output.uri."
+    )
+    cache_storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for cache_uri.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="The accuracy gate every engine passes first.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EngineSpec":
+        if self.backend == "onnxruntime" and any(p != "float32" for p in (self.precision, *self.fallback)):
+            raise ValueError("onnxruntime runs float32 only; use backend tensorrt or torch for reduced precision")
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs needs compile: true (CUDA graphs come from torch.compile)")
+        if self.max_batch is not None and self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch {self.min_batch} is larger than max_batch {self.max_batch}")
+        return self
+
+
 class InversionSpec(_Strict):
     input: InputSpec = Field(description="What to invert.")
     model: ModelSpec = Field(description="The E2Style checkpoint.")
     output: OutputSpec = Field(description="Where the W+ codes go.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray resources and batching.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="How the model runs (engines.build_engine).")
     max_failure_rate: float = Field(
         0.01,
         ge=0,
@@ -131,6 +181,7 @@ class InversionSpec(_Strict):
             "input": self.input.model_dump(exclude={"storage_options"}),
             "model": self.model.model_dump(exclude={"storage_options"}),
             "output": self.output.model_dump(exclude={"storage_options", "uri"}),
+            "engine": self.engine.model_dump(include={"backend", "precision"}),
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 

@@ -26,7 +26,7 @@ def make_spec(input_uri, checkpoint, output_uri, **sections) -> InversionSpec:
         "max_failure_rate": 0.5,
     }
     for section, values in sections.items():
-        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
     return InversionSpec.model_validate(raw)
 
 
@@ -212,3 +212,23 @@ def test_webdataset_and_parquet_inputs(ray_local, tiny_checkpoint, tmp_path):
     missing = make_spec(str(parquets), tiny_checkpoint, str(tmp_path / "out-x"), input={"format": "parquet", "image_column": "jpeg"})
     with pytest.raises(PreflightError, match=r"a.parquet has no column 'jpeg' \(input.image_column\); its columns: key, image"):
         plan_job(missing)
+
+
+def test_an_onnxruntime_engine_built_once_and_gated(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    good = make_image_folder(folder, good=5)
+    report = run_inversion(make_spec(str(folder), tiny_checkpoint, str(out), engine={"backend": "onnxruntime"}), show_progress=False)
+    assert report.written == 5
+    keys, _, codes, _ = read_output(str(out))
+    assert keys == good
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=2e-5)
+    provenance = json.loads(pq.ParquetFile(out / "shard-00000.parquet").schema_arrow.metadata[b"e2style_batch"])
+    assert provenance["engine"] == "onnxruntime float32"
+    assert provenance["accuracy_gate"].startswith("onnxruntime float32 passed the accuracy gate: stage 1: W+ max error")
+    assert len(list((out / "_engines").glob("*.bin"))) == 3  # stage 1, stage 2, synthesis: exported once
+
+    strict = make_spec(str(folder), tiny_checkpoint, str(tmp_path / "out2"),
+                       engine={"precision": "bfloat16", "gate": {"max_wplus_error": 1e-7}})
+    with pytest.raises(PreflightError, match=r"engine: torch bfloat16 FAILED the accuracy gate: stage 1: W\+ max error"):
+        run_inversion(strict, show_progress=False)
+    assert not list((tmp_path / "out2").glob("shard-*")) and not (tmp_path / "out2" / "_job.json").exists()

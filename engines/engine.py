@@ -1,0 +1,277 @@
+"""One engine interface over three backends: eager/compiled PyTorch, ONNX Runtime and TensorRT.
+
+    engine = build_engine("s3://models/e2style.pt", EngineOptions(backend="onnxruntime"), stages=2)
+    codes = engine.invert(images)            # the same call and results as load_inverter(...).invert
+    recon = engine.synthesize(codes)
+
+Each backend runs the model's graphs (``engines.graphs``: first stage, refinement stages, synthesis);
+the engine strings them together in the official order and splits batches larger than the profile's
+``max_batch``. Exported graphs and TensorRT plans go through an ``EngineCache`` when ``cache_uri`` is
+set. Before an engine is returned it passes the accuracy gate against the float32 PyTorch model (unless
+it is that model), or the next precision in ``fallback`` is tried; when none passes the build fails with
+the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from engines.cache import EngineCache
+from engines.checkpoints import CheckpointInfo, load_e2style
+from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_batch, run_gate
+from engines.graphs import OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
+from engines.inverter import _check_batch, _check_codes, ieee_float32, resolve_device
+from operators.e2style import E2Style, E2StyleConfig
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("float32", "bfloat16", "float16")
+# Bumped whenever engines/graphs.py changes what it exports, so cached graphs of older code are misses.
+GRAPH_VERSION = 1
+Runner = Callable[..., torch.Tensor]  # keyword tensors -> output tensor on the engine's device
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    backend: str = "torch"
+    precision: str = "float32"
+    compile: bool = False  # torch: torch.compile the graphs
+    cuda_graphs: bool = False  # torch on CUDA: compile with CUDA graphs ("reduce-overhead")
+    channels_last: bool = True  # torch: NHWC convolutions (faster with oneDNN and cuDNN)
+    min_batch: int = 1  # tensorrt: the dynamic batch profile
+    opt_batch: int | None = None  # default: max_batch
+    max_batch: int = 64  # every backend: larger batches are run in pieces of this size
+    threads: int = 0  # CPU threads for onnxruntime (0: its default)
+    cache_uri: str | None = None  # folder or fsspec URI for exported graphs and TensorRT plans
+    cache_storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    gate: GateThresholds = GateThresholds()
+    gate_batch: int = 4
+    fallback: tuple[str, ...] = ()  # precisions to try in turn when the gate refuses an engine
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown engine backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+        for precision in (self.precision, *self.fallback):
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.backend == "onnxruntime" and self.precision != "float32":
+            raise ValueError("the onnxruntime backend runs float32 only; use tensorrt or torch for reduced precision")
+        if self.opt_batch is None:
+            object.__setattr__(self, "opt_batch", self.max_batch)
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"batch profile must satisfy 1 <= min_batch <= opt_batch <= max_batch, "
+                f"got {self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs needs compile: true (CUDA graphs come from torch.compile)")
+
+    @property
+    def name(self) -> str:
+        extra = " compiled" if self.compile else ""
+        return f"{self.backend} {self.precision}{extra}"
+
+    @property
+    def thresholds(self) -> GateThresholds:
+        return self.gate.resolved(self.precision)
+
+    @property
+    def is_reference(self) -> bool:
+        """Eager float32 PyTorch: the model the gate compares with."""
+        return self.backend == "torch" and self.precision == "float32" and not self.compile
+
+
+class Engine:
+    """An E2Style model behind one backend. Same interface as ``Inverter``: float32 in, float32 out."""
+
+    def __init__(
+        self,
+        config: E2StyleConfig,
+        stages: int,
+        info: CheckpointInfo,
+        device: torch.device,
+        options: EngineOptions,
+        runners: dict[str, Runner],
+    ):
+        self.config, self.stages, self.info, self.device, self.options = config, stages, info, device, options
+        self.runners = runners
+        self.gate_report: GateReport | None = None
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def invert(self, images: torch.Tensor, all_stages: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        cfg = self.config
+        x = _check_batch(images, cfg.input_channels, cfg.image_size, "images").to(self.device, torch.float32)
+        pieces = [self._invert(x[i : i + self.options.max_batch]) for i in range(0, len(x), self.options.max_batch)]
+        per_stage = [torch.cat([p[k] for p in pieces]) for k in range(self.stages)]
+        return per_stage if all_stages else per_stage[-1]
+
+    def _invert(self, x: torch.Tensor) -> list[torch.Tensor]:
+        codes = self.runners["stage1"](images=x)
+        per_stage = [codes]
+        for k in range(2, self.stages + 1):
+            reconstruction = self.runners["synthesis"](codes=codes)
+            codes = codes + self.runners[f"stage{k}"](images=x, reconstruction=reconstruction)
+            per_stage.append(codes)
+        return per_stage
+
+    def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
+        ws = _check_codes(codes, self.config.generator).to(self.device, torch.float32)
+        step = self.options.max_batch
+        return torch.cat([self.runners["synthesis"](codes=ws[i : i + step]) for i in range(0, len(ws), step)])
+
+
+def build_engine(
+    uri: str,
+    options: EngineOptions = EngineOptions(),
+    stages: int | None = None,
+    device: str | torch.device = "cpu",
+    storage_options: Mapping[str, Any] | None = None,
+    config: E2StyleConfig | None = None,
+    gate: bool = True,
+) -> Engine:
+    """Load an official checkpoint and build the engine ``options`` describe, gated against float32.
+
+    ``gate=False`` skips the comparison, for workers whose engine was already gated where it was built.
+    """
+    dev = resolve_device(device)
+    if options.backend == "tensorrt" and dev.type != "cuda":
+        raise ValueError("the tensorrt backend needs a CUDA device (resources.num_gpus_per_actor > 0)")
+    model, info = load_e2style(uri, stages=stages, config=config, storage_options=storage_options)
+    model = model.to(dev).eval()
+    precisions = [options.precision, *options.fallback]
+    for i, precision in enumerate(precisions):
+        candidate = dataclasses.replace(options, precision=precision, fallback=())
+        engine = _build(model, info, candidate, dev)
+        if not gate or candidate.is_reference:
+            return engine
+        report = check_engine(engine, model, candidate)
+        engine.gate_report = report
+        if report.passed:
+            log.info(report.describe())
+            return engine
+        if i + 1 == len(precisions):
+            raise AccuracyGateFailed(report)
+        log.warning("%s; falling back to %s", report.describe(), precisions[i + 1])
+
+
+def check_engine(engine: Engine, model: E2Style, options: EngineOptions) -> GateReport:
+    """Run the gate batch through the engine and through the float32 PyTorch model, stage by stage."""
+    cfg = model.config
+    x = gate_batch(options.gate_batch, cfg.input_channels, cfg.image_size).to(engine.device)
+    with torch.inference_mode(), ieee_float32(engine.device):
+        reference = model.invert(x, stages=engine.stages)
+        candidate = engine.invert(x, all_stages=True)
+        return run_gate(options.name, options.thresholds, reference, candidate, model.synthesize, engine.synthesize)
+
+
+def _build(model: E2Style, info: CheckpointInfo, options: EngineOptions, device: torch.device) -> Engine:
+    stages = model.config.stages  # load_e2style builds the stages asked for
+    if options.backend == "torch":
+        runners = _torch_runners(model, stages, options, device)
+    elif options.backend == "onnxruntime":
+        runners = _onnx_runners(model, stages, options, device)
+    else:
+        from engines.tensorrt import tensorrt_runners
+
+        runners = tensorrt_runners(options, device, _exported(model, stages, options))
+    return Engine(model.config, stages, info, device, options, runners)
+
+
+def _torch_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[options.precision]
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    runners = {}
+    for name, module in model_graphs(model, stages, exportable=False):
+        if not options.is_reference:  # the model itself stays the untouched float32 reference
+            module = copy.deepcopy(module)
+        if name != "synthesis":  # the generator's 5-d modulated weights have no channels-last form
+            module = module.to(device, memory_format=layout)
+        if options.compile:
+            module = torch.compile(module, mode="reduce-overhead" if options.cuda_graphs else None)
+        runners[name] = _torch_runner(module, device, dtype, layout)
+    return runners
+
+
+def _torch_runner(module, device: torch.device, dtype: torch.dtype | None, layout) -> Runner:
+    def run(**inputs: torch.Tensor) -> torch.Tensor:
+        args = [t.contiguous(memory_format=layout) if t.ndim == 4 else t for t in inputs.values()]
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), ieee_float32(device), autocast:
+            return module(*args).float().contiguous()
+
+    return run
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a graph module's class, weights and buffers: what its exported graph is made from."""
+    digest = hashlib.sha256(type(module).__name__.encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _exported(model: E2Style, stages: int, options: EngineOptions) -> dict[str, bytes]:
+    """ONNX bytes of each graph, from the cache when ``cache_uri`` is set."""
+    cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
+    graphs = {}
+    for name, module in model_graphs(model, stages, exportable=True):
+        module = module.cpu()
+        inputs = example_inputs(name, model, min(2, options.max_batch))
+        output = OUTPUT_NAMES.get(name, "codes")
+
+        def export(module=module, inputs=inputs, output=output) -> bytes:
+            return export_onnx(module, inputs, output, options.max_batch)
+
+        if cache is None:
+            graphs[name] = export()
+            continue
+        fields = {
+            "kind": "onnx",
+            "graph": name,
+            "weights_sha256": module_digest(module),
+            "graph_version": GRAPH_VERSION,
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "max_batch": options.max_batch,
+        }
+        graphs[name] = cache.get_or_build(fields, export).data
+    return graphs
+
+
+def _onnx_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.threads
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    runners = {}
+    for name, graph in _exported(model, stages, options).items():
+        session = ort.InferenceSession(graph, session_options, providers=providers)
+        runners[name] = _onnx_runner(session, device)
+    return runners
+
+
+def _onnx_runner(session, device: torch.device) -> Runner:
+    def run(**inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {name: t.detach().cpu().float().numpy() for name, t in inputs.items()}
+        (out,) = session.run(None, feeds)
+        return torch.from_numpy(out).to(device)
+
+    return run

@@ -1,0 +1,125 @@
+"""The E2Style model cut into the graphs that engines run, and their export to ONNX with a dynamic batch.
+
+    first stage     images [B, C, S, S]                    -> W+ [B, num_ws, style_dim]  (latent_avg added)
+    refine stage k  images [B, C, S, S], recon [B, 3, S, S] -> W+ residual
+    synthesis       W+ [B, num_ws, style_dim]              -> reconstruction [B, 3, S, S] (pooled, raw)
+
+Multi-stage inversion runs them in the official order (``E2Style.invert``). For export, the encoder
+heads pool with ``MatrixAvgPool2d`` and the generator uses the ``batched`` modulated convolution: the
+same numbers as the eager operators in float32, in graphs whose shapes do not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from operators.e2style import E2Style, E2StyleEncoder
+from operators.images import box_downsample
+from operators.stylegan2 import Generator
+
+OPSET = 18
+
+
+class FirstStage(nn.Module):
+    def __init__(self, encoder: E2StyleEncoder, latent_avg: torch.Tensor | None):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("latent_avg", None if latent_avg is None else latent_avg.detach().clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        codes = self.encoder(images)
+        return codes if self.latent_avg is None else codes + self.latent_avg
+
+
+class RefineStage(nn.Module):
+    def __init__(self, encoder: E2StyleEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        return self.encoder(torch.cat((images, reconstruction), dim=1))
+
+
+class Synthesis(nn.Module):
+    def __init__(self, generator: Generator, image_size: int):
+        super().__init__()
+        self.generator = generator
+        self.image_size = image_size
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return box_downsample(self.generator(codes, noise_mode="stored"), self.image_size)
+
+
+@dataclasses.dataclass
+class Graphs:
+    """The model's graphs by name: "stage1", "stage2", ..., "synthesis"."""
+
+    modules: dict[str, nn.Module]
+
+    def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
+        return iter(self.modules.items())
+
+
+def model_graphs(model: E2Style, stages: int, exportable: bool) -> Graphs:
+    """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies."""
+    cfg = model.config
+    encoders = [model.encoder_firststage, *model.encoder_refinestage_list[: stages - 1]]
+    generator = model.decoder
+    if exportable:
+        encoders = [copy.deepcopy(e) for e in encoders]
+        for encoder in encoders:
+            encoder.use_matrix_pooling(cfg.image_size)
+        batched = Generator(dataclasses.replace(generator.config, modulation="batched"))
+        batched.load_state_dict(generator.state_dict())
+        generator = batched
+    modules: dict[str, nn.Module] = {"stage1": FirstStage(encoders[0], model.latent_avg)}
+    for k, encoder in enumerate(encoders[1:], start=2):
+        modules[f"stage{k}"] = RefineStage(encoder)
+    modules["synthesis"] = Synthesis(generator, cfg.image_size)
+    return Graphs({name: m.eval() for name, m in modules.items()})
+
+
+def example_inputs(name: str, model: E2Style, batch: int) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    if name == "synthesis":
+        return {"codes": torch.randn(batch, cfg.num_ws, cfg.style_dim, generator=gen)}
+    images = torch.rand(batch, cfg.input_channels, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
+    if name == "stage1":
+        return {"images": images}
+    return {"images": images, "reconstruction": torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1}
+
+
+OUTPUT_NAMES = {"synthesis": "reconstruction"}
+
+
+def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], output_name: str, max_batch: int) -> bytes:
+    """ONNX bytes of ``module`` with a dynamic batch axis (1..max_batch) on every input and the output."""
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            input_names=list(inputs),
+            output_names=[output_name],
+            dynamic_shapes={name: {0: batch} for name in _forward_argument_names(module)},
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "graph.onnx"
+        program.save(str(path), external_data=False)  # weights inline: the models are far below 2 GiB
+        return path.read_bytes()
+
+
+def _forward_argument_names(module: nn.Module) -> list[str]:
+    return [p for p in inspect.signature(module.forward).parameters]
