@@ -1,5 +1,9 @@
-"""TensorRT engines built from the exported ONNX graphs: a dynamic batch profile, FP16 or BF16 with the
-numerically delicate layers kept in float32, a timing cache, and plans stored in the ``EngineCache``.
+"""TensorRT engines built from the exported ONNX graphs: a dynamic batch profile, FP16 or BF16 for the
+convolutions and matrix products with everything else in float32 (``engines.precision``), a timing
+cache, and plans stored in the ``EngineCache``.
+
+Networks are strongly typed: TensorRT runs each tensor in the type the graph gives it, so the precision
+is decided by the graph, identically on TensorRT 10 and 11 (which dropped the FP16/BF16 builder flags).
 
 Plans are specific to the TensorRT version and the GPU, so both are part of the cache key; a plan from
 another version or GPU is a miss and is rebuilt, never deserialized.
@@ -8,37 +12,19 @@ another version or GPU is a miss and is rebuilt, never deserialized.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from engines.cache import EngineCache
+from engines.precision import lower_precision
 
 if TYPE_CHECKING:
     from engines.engine import EngineOptions, Runner
 
-# Bumped when keeps_float32 changes, so plans built under the old rule are misses.
-PRECISION_RULE_VERSION = 1
+# Bumped when the reduced-precision rule (engines.precision) changes, so older plans are misses.
+PRECISION_RULE_VERSION = 2
 WORKSPACE_BYTES = 8 << 30
-
-# Layers that stay float32 under FP16/BF16: reductions (the demodulation sums, squeeze-excite means),
-# square roots and reciprocals, powers and divisions. Their inputs are sums of many squares whose
-# range and rounding half precision handles badly; the convolutions and GEMMs around them carry the
-# cost and run in reduced precision.
-FLOAT32_LAYER_TYPES = {"REDUCE", "NORMALIZATION", "SOFTMAX"}
-FLOAT32_UNARY_OPS = {"SQRT", "RECIP", "EXP", "LOG"}
-FLOAT32_ELEMENTWISE_OPS = {"POW", "DIV"}
-
-
-def keeps_float32(layer_type: str, op: str | None) -> bool:
-    """Whether a layer (its TensorRT LayerType name, and its op for unary/elementwise) stays float32."""
-    if layer_type in FLOAT32_LAYER_TYPES:
-        return True
-    if layer_type == "UNARY":
-        return op in FLOAT32_UNARY_OPS
-    if layer_type == "ELEMENTWISE":
-        return op in FLOAT32_ELEMENTWISE_OPS
-    return False
 
 
 def gpu_identity(device: torch.device) -> dict[str, str]:
@@ -76,30 +62,21 @@ def padded_batch(inputs: dict[str, torch.Tensor], min_batch: int) -> tuple[dict[
 
 
 def build_plan(onnx: bytes, options: "EngineOptions", timing_cache: bytes | None) -> tuple[bytes, bytes]:
-    """(serialized plan, updated timing cache) for one graph."""
+    """(serialized plan, updated timing cache) for one float32 graph, built in ``options.precision``."""
     import tensorrt as trt
 
+    if options.precision != "float32":
+        onnx = lower_precision(onnx, options.precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse the exported graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if options.precision == "float32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # float32 means IEEE float32, as the reference
-    else:
-        config.set_flag(trt.BuilderFlag.FP16 if options.precision == "float16" else trt.BuilderFlag.BF16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if keeps_float32(layer.type.name, _layer_op(trt, layer)):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    if layer.get_output(j).dtype in (trt.float32, trt.float16, trt.bfloat16):
-                        layer.set_output_type(j, trt.float32)
+    config.clear_flag(trt.BuilderFlag.TF32)  # float32 tensors mean IEEE float32, as in the reference
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -111,17 +88,6 @@ def build_plan(onnx: bytes, options: "EngineOptions", timing_cache: bytes | None
     if plan is None:
         raise RuntimeError(f"TensorRT could not build a {options.precision} engine (see the log above)")
     return bytes(plan), bytes(cache.serialize())
-
-
-def _layer_op(trt: Any, layer: Any) -> str | None:
-    kind = layer.type.name
-    if kind == "UNARY":
-        layer.__class__ = trt.IUnaryLayer
-        return layer.op.name
-    if kind == "ELEMENTWISE":
-        layer.__class__ = trt.IElementWiseLayer
-        return layer.op.name
-    return None
 
 
 class TensorRTRunner:
