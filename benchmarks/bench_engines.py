@@ -7,8 +7,9 @@ The model is the official-size E2Style (IR-SE50 encoders at 256 px, 1024 generat
 weights, written once in the official file format under ``--work``. Work per configuration: invert a
 batch (latents only), and invert plus render the 256 px reconstruction of the last stage. The baseline
 ("official eager") is ``load_inverter``: the research formulation (grouped modulated convolutions,
-adaptive pooling, NCHW) in float32 eager PyTorch. Engines are built (and gated) before timing; the
-exported graphs and plans are cached under ``--work``. Timings synchronise the GPU.
+adaptive pooling, NCHW) in float32 eager PyTorch. Engines are built (and gated) before timing, and the
+build time is printed (a cache hit when the graphs or plans are already under ``--work``/engines).
+Timings synchronise the GPU.
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ def main() -> None:
                             backend=backend, precision=precision, compile=compiled, max_batch=max(batches),
                             cache_uri=str(args.work / "engines"), threads=os.cpu_count() or 0,
                         )
+                        started = time.perf_counter()
                         engine = build_engine(checkpoint, options, device=device)
+                        built = time.perf_counter() - started
                     except (ValueError, RuntimeError) as e:
                         print(f"| {backend} {precision} | {stages} | - | - | skipped: {e} | |")
                         continue
                     gate = engine.gate_report.describe() if engine.gate_report else "reference"
-                    print(f"# {options.name}, {stages} stage(s): {gate}", flush=True)
+                    print(f"# {options.name}, {stages} stage(s), built and gated in {built:.0f} s: {gate}", flush=True)
                     engines.append((options.name, engine))
         for batch in batches:
             x = gate_batch(batch, 3, 256, seed=1).to(device)
