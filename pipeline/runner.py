@@ -29,7 +29,7 @@ from engines import CheckpointError, checkpoint_sha256, load_e2style
 from engines.engine import EngineOptions
 from engines.gate import GateThresholds
 from pipeline.actors import InferenceActor, InverterFactory, prepare_engine
-from pipeline.shards import Shard, list_shards
+from pipeline.shards import InputError, Shard, assign_shards, list_shards
 from pipeline.tasks import decode_shard, write_shard
 from pipeline.sink import OutputStore
 from pipeline.spec import InversionSpec
@@ -60,6 +60,7 @@ class Plan:
     provenance: dict[str, Any]
     store: OutputStore
     retry_rejects: bool = False
+    gone: list[str] = dataclasses.field(default_factory=list)  # committed shards whose input is no longer listed
 
     @property
     def todo(self) -> list[Shard]:
@@ -87,6 +88,7 @@ class JobReport:
     message: str = ""
     retried: int = 0
     recovered: int = 0
+    gone: int = 0  # committed shards whose input is no longer listed (kept as they are)
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -100,6 +102,8 @@ class JobReport:
         if self.retried:
             lines.insert(1, f"retried {self.retried} rejected records: {self.recovered} recovered, "
                             f"{self.retried - self.recovered} still rejected")
+        if self.gone:
+            lines.append(f"{self.gone} committed shard(s) read input that is no longer listed; their output is kept")
         if self.message:
             lines.append(self.message)
         return "\n".join(lines)
@@ -157,15 +161,11 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
                     f"({previous.get(field_name)!r}, this spec: {provenance[field_name]!r}); "
                     "rerun with --overwrite to replace it, or choose another output.uri"
                 )
-    by_name = {s.name: s for s in shards}
-    for name, stats in committed.items():
-        shard = by_name.get(name)
-        if shard is None or shard.fingerprint != stats.get("fingerprint"):
-            raise PreflightError(
-                f"input.uri: the input listing changed since {name} was committed in {spec.output.uri} "
-                "(files added, removed or renamed); write to a new output.uri or rerun with --overwrite"
-            )
-    return Plan(spec, shards, committed, provenance, store, retry_rejects)
+    try:
+        shards, gone = assign_shards(shards, spec.input.format, spec.input.shard_size, committed)
+    except InputError as e:
+        raise PreflightError(f"input.uri: {e}") from e
+    return Plan(spec, shards, committed, provenance, store, retry_rejects, gone)
 
 
 def _check_parquet_columns(shard: Shard, spec: InversionSpec) -> None:
@@ -268,6 +268,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         )
         factory = _prepare(factory, res, plan.provenance)
     plan.store.write_job(plan.provenance)
+    plan.store.remove_uncommitted()  # partial files of an interrupted run; their shards are redone
     stats = dict(plan.committed)
 
     if todo:
@@ -348,6 +349,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         message=message,
         retried=retried,
         recovered=recovered,
+        gone=len(plan.gone),
     )
 
 

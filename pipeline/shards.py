@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from pipeline.storage import filesystem
 
@@ -28,6 +30,7 @@ class Shard:
     records: tuple[Record, ...] = ()
     source: str = ""
     size: int = 0  # bytes of ``source``
+    version: str = ""  # of ``source``: its ETag on object stores, its modification time on disks
 
     @property
     def name(self) -> str:
@@ -41,7 +44,7 @@ class Shard:
     @property
     def fingerprint(self) -> str:
         """Hash of what the shard reads: a committed shard whose input changed is detected by it."""
-        text = "\n".join(r.key for r in self.records) if self.records else f"{self.source}\n{self.size}"
+        text = "\n".join(r.key for r in self.records) if self.records else f"{self.source}\n{self.size}\n{self.version}"
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -95,6 +98,78 @@ def _list_files(uris: str | list[str], storage_options: Mapping[str, Any], exten
     return [records[k] for k in sorted(records)]
 
 
+def shard_inputs(shard: Shard) -> dict:
+    """What a shard read, recorded in its stats so that later runs know which input is already done."""
+    if shard.format == "images":
+        return {"inputs": [r.key for r in shard.records]}
+    return {"source": shard.source, "size": shard.size, "version": shard.version}
+
+
+def assign_shards(
+    listing: list[Shard], format: str, shard_size: int, committed: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[Shard], list[str]]:
+    """The shards of a run: committed shards keep what they read, and input that no committed shard read
+    (new files, or shards an interrupted run did not commit) is cut into new shards, in sorted order, under
+    the lowest free indices. Files arriving between runs therefore never move finished work. ``listing`` is ``list_shards(...)`` of the whole input.
+
+    Returns (every shard, by index; names of committed shards some of whose input is gone).
+    Raises InputError for a committed file that was rewritten (its size changed).
+    """
+    shards, gone, covered = [], [], set()
+    if format == "images":
+        by_key = {r.key: r for shard in listing for r in shard.records}
+        for name, stats in sorted(committed.items()):
+            keys = _recorded(name, stats, "inputs")
+            present = tuple(by_key[k] for k in keys if k in by_key)
+            if len(present) < len(keys):
+                gone.append(name)
+            covered.update(keys)
+            shards.append(Shard(index=_index(name), format=format, records=present))
+        fresh = [r for r in sorted(by_key.values(), key=lambda r: r.key) if r.key not in covered]
+        groups = [tuple(fresh[j : j + shard_size]) for j in range(0, len(fresh), shard_size)]
+        indices = _free_indices({s.index for s in shards})
+        shards += [Shard(index=next(indices), format=format, records=g) for g in groups]
+        return sorted(shards, key=lambda s: s.index), gone
+    by_source = {shard.source: shard for shard in listing}
+    for name, stats in sorted(committed.items()):
+        source = _recorded(name, stats, "source")
+        current = by_source.get(source)
+        if current is None:
+            gone.append(name)
+        elif (current.size, current.version) != (stats.get("size"), stats.get("version")):
+            raise InputError(
+                f"{source} changed after it was committed as {name} ({stats.get('size')} bytes, version "
+                f"{stats.get('version')} then; {current.size} bytes, version {current.version} now); "
+                "write to a new output.uri or rerun with --overwrite"
+            )
+        covered.add(source)
+        shards.append(
+            Shard(index=_index(name), format=format, source=source, size=stats.get("size", 0), version=stats.get("version", ""))
+        )
+    indices = _free_indices({s.index for s in shards})
+    fresh = [s for s in listing if s.source not in covered]
+    shards += [dataclasses.replace(s, index=next(indices)) for s in fresh]
+    return sorted(shards, key=lambda s: s.index), gone
+
+
+def _free_indices(taken: set[int]) -> Iterator[int]:
+    """Indices no committed shard holds, lowest first: an interrupted run's shards get their names back."""
+    return (i for i in itertools.count() if i not in taken)
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+def _recorded(name: str, stats: Mapping[str, Any], field: str) -> Any:
+    if field not in stats:
+        raise InputError(
+            f"{name} was committed without a record of its input (written by an older version); "
+            "rerun with --overwrite or write to a new output.uri"
+        )
+    return stats[field]
+
+
 def list_shards(
     uris: str | list[str], format: str, shard_size: int, storage_options: Mapping[str, Any]
 ) -> list[Shard]:
@@ -116,5 +191,7 @@ def list_shards(
     shards = []
     for i, record in enumerate(files):
         fs, path = filesystem(record.uri, storage_options)
-        shards.append(Shard(index=i, format=format, source=record.uri, size=int(fs.size(path) or 0)))
+        info = fs.info(path)
+        version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        shards.append(Shard(index=i, format=format, source=record.uri, size=int(info.get("size") or 0), version=str(version)))
     return shards

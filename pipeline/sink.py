@@ -49,6 +49,22 @@ def latent_schema(num_ws: int, style_dim: int, dtype: str, provenance: Mapping[s
     )
 
 
+def latent_table(
+    keys: list[str], sources: list[str], codes: np.ndarray, provenance: Mapping[str, Any], latent_dtype: str
+) -> pa.Table:
+    """key, source and W+ codes [N, num_ws, style_dim] as a table whose metadata carries the provenance."""
+    if codes.ndim != 3 or len(codes) != len(keys) or len(keys) != len(sources):
+        raise ValueError(f"{len(keys)} keys, {len(sources)} sources and codes of shape {list(codes.shape)} disagree")
+    schema = latent_schema(codes.shape[1], codes.shape[2], latent_dtype, provenance)
+    tensor_type = schema.field(LATENT_COLUMN).type
+    flat = pa.array(np.ascontiguousarray(codes, dtype=latent_dtype).reshape(-1), tensor_type.value_type)
+    # Built from its storage so that a shard whose records were all rejected still gets a (0-row) table.
+    latents = pa.ExtensionArray.from_storage(
+        tensor_type, pa.FixedSizeListArray.from_arrays(flat, codes.shape[1] * codes.shape[2])
+    )
+    return pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(sources, pa.string()), latents], schema=schema)
+
+
 @dataclass
 class OutputStore:
     uri: str
@@ -116,50 +132,23 @@ class OutputStore:
             table = pq.read_table(f)
         return list(zip(*(table.column(name).to_pylist() for name in REJECT_SCHEMA.names)))
 
-    def retry_rejects(
-        self,
-        shard: str,
-        keys: list[str],
-        sources: list[str],
-        codes: np.ndarray,
-        still_rejected: list[tuple[str, str, str]],
-        provenance: Mapping[str, Any],
-        latent_dtype: str,
-        row_group_size: int,
-        started: float,
-    ) -> dict:
-        """Recommit a shard with the records recovered by a retry of its rejects appended to its latents.
-
-        The shard is uncommitted (its stats removed) before its files are replaced, so a crash part way
-        leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of old
-        and new files. Rejects the retry did not reach keep their earlier error.
-        """
-        previous = self.committed_stats(shard)
-        old = self.read_latents(shard)
-        recovered = set(keys)
-        retried = recovered | {r[0] for r in still_rejected}
-        untouched = [r for r in self.read_rejects(shard) if r[0] not in retried]
-        all_codes = np.concatenate([old.column(LATENT_COLUMN).combine_chunks().to_numpy_ndarray(), codes])
-        self.uncommit(shard)
-        return self.write_shard(
-            shard,
-            previous["fingerprint"],
-            old.column("key").to_pylist() + keys,
-            old.column("source").to_pylist() + sources,
-            all_codes.astype(np.float32, copy=False),
-            still_rejected + untouched,
-            provenance,
-            latent_dtype,
-            row_group_size,
-            started,
-            retries=previous.get("retries", 0) + 1,
-        )
-
     def committed_stats(self, shard: str) -> dict:
         return self._read_json(self.stats_path(shard))
 
     def uncommit(self, shard: str) -> None:
         self.fs.rm(self.stats_path(shard))
+
+    def remove_uncommitted(self) -> list[str]:
+        """Delete data and rejects files of shards without stats (left by an interrupted run); their names."""
+        committed = set(self.committed())
+        removed = []
+        for pattern in (join(self.root, "shard-*.parquet"), join(self.root, "_rejects", "shard-*.parquet")):
+            for path in self.fs.glob(pattern):
+                name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+                if name not in committed:
+                    self.fs.rm(path)
+                    removed.append(name)
+        return sorted(set(removed))
 
     def clear(self) -> None:
         """Remove every file this job layout owns (for a deliberate fresh start); other files stay."""
@@ -177,42 +166,29 @@ class OutputStore:
         self,
         shard: str,
         fingerprint: str,
-        keys: list[str],
-        sources: list[str],
-        codes: np.ndarray,  # [N, num_ws, style_dim] float32
+        table: pa.Table,
         rejects: list[tuple[str, str, str]],
-        provenance: Mapping[str, Any],
-        latent_dtype: str,
         row_group_size: int,
         started: float,
+        inputs: Mapping[str, Any],
         retries: int = 0,
     ) -> dict:
-        """Write the shard's latents and rejects, then its stats file, which commits it. Returns the stats."""
-        if codes.ndim != 3 or len(codes) != len(keys) or len(keys) != len(sources):
-            raise ValueError(
-                f"{shard}: {len(keys)} keys, {len(sources)} sources and codes of shape {list(codes.shape)} disagree"
-            )
-        meta = dict(provenance, shard=shard)
-        schema = latent_schema(codes.shape[1], codes.shape[2], latent_dtype, meta)
-        tensor_type = schema.field(LATENT_COLUMN).type
-        flat = pa.array(np.ascontiguousarray(codes, dtype=latent_dtype).reshape(-1), tensor_type.value_type)
-        # Built from its storage so that a shard whose records were all rejected still gets a (0-row) file.
-        latents = pa.ExtensionArray.from_storage(
-            tensor_type, pa.FixedSizeListArray.from_arrays(flat, codes.shape[1] * codes.shape[2])
-        )
-        table = pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(sources, pa.string()), latents], schema=schema)
+        """Write the shard's rows and rejects, then its stats file, which commits it. Returns the stats.
 
-        def write_latents(f):
+        ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs.
+        """
+        def write_rows(f):
+            encodings = {f"{LATENT_COLUMN}.list.element": "BYTE_STREAM_SPLIT"} if LATENT_COLUMN in table.column_names else None
             pq.write_table(
                 table,
                 f,
                 row_group_size=row_group_size,
                 compression="zstd",
                 use_dictionary=["key", "source"],
-                column_encoding={f"{LATENT_COLUMN}.list.element": "BYTE_STREAM_SPLIT"},
+                column_encoding=encodings,
             )
 
-        write_atomically(self.fs, self.data_path(shard), write_latents, self.tmp_dir)
+        write_atomically(self.fs, self.data_path(shard), write_rows, self.tmp_dir)
         rejects_file = None
         if rejects:
             columns = list(zip(*rejects))
@@ -224,18 +200,50 @@ class OutputStore:
         stats = {
             "shard": shard,
             "fingerprint": fingerprint,
-            "records": len(keys) + len(rejects),
-            "written": len(keys),
+            "records": table.num_rows + len(rejects),
+            "written": table.num_rows,
             "rejected": len(rejects),
             "seconds": round(time.time() - started, 3),
             "data_file": f"{shard}.parquet",
             "rejects_file": rejects_file,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **inputs,
         }
         if retries:
             stats["retries"] = retries
         self._write_json(self.stats_path(shard), stats)
         return stats
+
+    def retry_rejects(
+        self,
+        shard: str,
+        table: pa.Table,
+        still_rejected: list[tuple[str, str, str]],
+        row_group_size: int,
+        started: float,
+    ) -> dict:
+        """Recommit a shard with the rows recovered by a retry of its rejects appended to its rows.
+
+        The shard is uncommitted (its stats removed) before its files are replaced, so a crash part way
+        leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of old
+        and new files. Rejects the retry did not reach keep their earlier error.
+        """
+        previous = self.committed_stats(shard)
+        old = self.read_latents(shard)
+        retried = set(table.column("key").to_pylist()) | {r[0] for r in still_rejected}
+        untouched = [r for r in self.read_rejects(shard) if r[0] not in retried]
+        merged = pa.concat_tables([old, table.cast(old.schema)])
+        self.uncommit(shard)
+        return self.write_shard(
+            shard,
+            previous["fingerprint"],
+            merged,
+            still_rejected + untouched,
+            row_group_size,
+            started,
+            {k: previous[k] for k in ("inputs", "source", "size", "version") if k in previous},
+            retries=previous.get("retries", 0) + 1,
+        )
 
     def write_manifest(self, provenance: Mapping[str, Any], stats: list[dict]) -> None:
         self._write_json(

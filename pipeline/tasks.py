@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.decode import read_and_decode
-from pipeline.shards import Shard
-from pipeline.sink import OutputStore
+from pipeline.shards import Shard, shard_inputs
+from pipeline.sink import OutputStore, latent_table
 
 
 def decode_shard(shard: Shard, size: int, input_spec: dict, retry_from: tuple | None) -> tuple[dict, Any]:
@@ -32,8 +32,12 @@ def write_shard(
     store_args: tuple, shard: Shard, meta: dict, codes, provenance: dict, spec_output: dict, started: float, retry: bool
 ) -> dict:
     store = OutputStore(*store_args)
-    rows = (meta["keys"], meta["sources"], codes, meta["rejects"], provenance)
-    options = (spec_output["latent_dtype"], spec_output["row_group_size"], started)
+    table = latent_table(
+        meta["keys"], meta["sources"], codes, dict(provenance, shard=shard.name), spec_output["latent_dtype"]
+    )
     if retry:
-        return store.retry_rejects(shard.name, *rows, *options)
-    return store.write_shard(shard.name, shard.fingerprint, *rows, *options)
+        return store.retry_rejects(shard.name, table, meta["rejects"], spec_output["row_group_size"], started)
+    return store.write_shard(
+        shard.name, shard.fingerprint, table, meta["rejects"], spec_output["row_group_size"], started,
+        shard_inputs(shard),
+    )

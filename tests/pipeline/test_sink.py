@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sink import OutputStore
+from pipeline.sink import OutputStore, latent_table
 
 PROVENANCE = {"checkpoint": "m.pt", "stages": 2}
 
@@ -16,8 +16,8 @@ def codes(n, seed=0):
 
 def write(store, shard="shard-00000", n=3, rejects=(), dtype="float32", seed=0):
     keys = [f"k{i}" for i in range(n)]
-    return store.write_shard(shard, "fp", keys, [f"file:///{k}" for k in keys], codes(n, seed), list(rejects),
-                             PROVENANCE, dtype, 2, 0.0)
+    table = latent_table(keys, [f"file:///{k}" for k in keys], codes(n, seed), PROVENANCE, dtype)
+    return store.write_shard(shard, "fp", table, list(rejects), 2, 0.0, {"inputs": keys})
 
 
 def test_float16_latents_round_to_half(tmp_path):

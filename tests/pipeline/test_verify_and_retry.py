@@ -9,7 +9,7 @@ from datasets import bad_images, make_image_folder, png_bytes, write_tar
 from pipeline.decode import read_and_decode
 from pipeline.runner import run_inversion
 from pipeline.shards import list_shards
-from pipeline.sink import OutputStore
+from pipeline.sink import OutputStore, latent_table
 from pipeline.verify import VerifyError, verify_output
 from test_inversion_job import direct_codes, make_spec, read_output
 
@@ -151,7 +151,7 @@ def test_a_retry_that_dies_mid_commit_leaves_the_shard_to_be_redone(inverted, mo
 
     monkeypatch.setattr(OutputStore, "write_shard", crash)
     with pytest.raises(OSError, match="connection reset"):
-        store.retry_rejects("shard-00003", [], [], np.zeros((0, 10, 32), np.float32), [], {}, "float32", 3, 0.0)
+        store.retry_rejects("shard-00003", latent_table([], [], np.zeros((0, 10, 32), np.float32), {}, "float32"), [], 3, 0.0)
     monkeypatch.undo()
     assert "shard-00003" not in store.committed()  # uncommitted, not half-updated
     assert verify_output(spec).shards[3].problems[0].startswith("not committed")
