@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -75,38 +76,41 @@ def main() -> None:
     print("| engine | stages | output | batch | images/s | vs official eager |")
     print("|---|---|---|---|---|---|")
     for stages in (int(s) for s in args.stages.split(",")):
-        checkpoint = str(make_checkpoint(args.work, stages))
-        baseline = load_inverter(checkpoint, device=device)
-        engines = [("official eager float32", baseline)]
-        for backend in args.backends.split(","):
-            for precision in args.precisions.split(","):
-                for compiled in (False, True) if args.compile and backend == "torch" else (False,):
-                    try:
-                        options = EngineOptions(
-                            backend=backend, precision=precision, compile=compiled, max_batch=max(batches),
-                            cache_uri=str(args.work / "engines"), threads=os.cpu_count() or 0,
-                        )
-                        started = time.perf_counter()
-                        engine = build_engine(checkpoint, options, device=device)
-                        built = time.perf_counter() - started
-                    except (ValueError, RuntimeError) as e:
-                        print(f"| {backend} {precision} | {stages} | - | - | skipped: {e} | |")
-                        continue
-                    gate = engine.gate_report.describe() if engine.gate_report else "reference"
-                    print(f"# {options.name}, {stages} stage(s), built and gated in {built:.0f} s: {gate}", flush=True)
-                    engines.append((options.name, engine))
-        for batch in batches:
-            x = gate_batch(batch, 3, 256, seed=1).to(device)
-            reference = {}
-            for label, runner in engines:
-                for output, run in (
-                    ("latents", lambda x, r=runner: r.invert(x)),
-                    ("latents + 256 px", lambda x, r=runner: r.synthesize(r.invert(x))),
-                ):
-                    rate = images_per_second(run, x, args.repeats, device)
-                    reference.setdefault(output, rate)
-                    print(f"| {label} | {stages} | {output} | {batch} | {rate:.3f} | {rate / reference[output]:.2f}x |", flush=True)
+        bench_stages(args, stages, batches, device)
+        gc.collect()  # each stage count's models and engines go before the next are built
 
+
+def bench_stages(args: argparse.Namespace, stages: int, batches: list[int], device: torch.device) -> None:
+    checkpoint = str(make_checkpoint(args.work, stages))
+    engines = [("official eager float32", load_inverter(checkpoint, device=device))]
+    for backend in args.backends.split(","):
+        for precision in args.precisions.split(","):
+            for compiled in (False, True) if args.compile and backend == "torch" else (False,):
+                try:
+                    options = EngineOptions(
+                        backend=backend, precision=precision, compile=compiled, max_batch=max(batches),
+                        cache_uri=str(args.work / "engines"), threads=os.cpu_count() or 0,
+                    )
+                    started = time.perf_counter()
+                    engine = build_engine(checkpoint, options, device=device)
+                    built = time.perf_counter() - started
+                except (ValueError, RuntimeError) as e:
+                    print(f"| {backend} {precision} | {stages} | - | - | skipped: {e} | |")
+                    continue
+                gate = engine.gate_report.describe() if engine.gate_report else "reference"
+                print(f"# {options.name}, {stages} stage(s), built and gated in {built:.0f} s: {gate}", flush=True)
+                engines.append((options.name, engine))
+    for batch in batches:
+        x = gate_batch(batch, 3, 256, seed=1).to(device)
+        reference = {}
+        for label, runner in engines:
+            for output, run in (
+                ("latents", lambda x, r=runner: r.invert(x)),
+                ("latents + 256 px", lambda x, r=runner: r.synthesize(r.invert(x))),
+            ):
+                rate = images_per_second(run, x, args.repeats, device)
+                reference.setdefault(output, rate)
+                print(f"| {label} | {stages} | {output} | {batch} | {rate:.3f} | {rate / reference[output]:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()
