@@ -45,6 +45,8 @@ def prepare_engine(factory: InverterFactory) -> dict:
         engine = dataclasses.replace(factory, gate=True)()
     except AccuracyGateFailed as e:
         return {"error": str(e)}
+    except Exception as e:  # a missing package, an export or TensorRT build failure: reported, not a traceback
+        return {"error": f"could not build the {factory.engine.name} engine: {type(e).__name__}: {e}"}
     report = engine.gate_report.describe() if engine.gate_report else None
     return {"options": engine.options, "report": report}
 

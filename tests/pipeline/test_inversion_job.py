@@ -275,3 +275,12 @@ def test_an_onnxruntime_engine_built_once_and_gated(ray_local, tiny_checkpoint, 
     with pytest.raises(PreflightError, match=r"engine: torch bfloat16 FAILED the accuracy gate: stage 1: W\+ max error"):
         run_inversion(strict, show_progress=False)
     assert not list((tmp_path / "out2").glob("shard-*")) and not (tmp_path / "out2" / "_job.json").exists()
+
+
+def test_an_engine_that_cannot_be_built_stops_the_job_before_any_work(ray_local, tiny_checkpoint, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    make_image_folder(folder, good=2)
+    spec = make_spec(str(folder), tiny_checkpoint, str(out), engine={"backend": "tensorrt"})  # no GPU here
+    with pytest.raises(PreflightError, match="engine: could not build the tensorrt float32 engine: ValueError: the tensorrt backend needs a CUDA device"):
+        run_inversion(spec, show_progress=False)
+    assert not list(out.glob("shard-*"))
