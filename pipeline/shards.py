@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import posixpath
 from dataclasses import dataclass
@@ -40,12 +39,6 @@ class Shard:
     def first(self) -> str:
         """The shard's first key or its file, to name it in messages."""
         return self.records[0].key if self.records else self.source
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of what the shard reads: a committed shard whose input changed is detected by it."""
-        text = "\n".join(r.key for r in self.records) if self.records else f"{self.source}\n{self.size}\n{self.version}"
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class InputError(ValueError):

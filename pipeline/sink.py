@@ -165,7 +165,6 @@ class OutputStore:
     def write_shard(
         self,
         shard: str,
-        fingerprint: str,
         table: pa.Table,
         rejects: list[tuple[str, str, str]],
         row_group_size: int,
@@ -199,7 +198,6 @@ class OutputStore:
             self.fs.rm(self.rejects_path(shard))  # left by an earlier, uncommitted attempt
         stats = {
             "shard": shard,
-            "fingerprint": fingerprint,
             "records": table.num_rows + len(rejects),
             "written": table.num_rows,
             "rejected": len(rejects),
@@ -236,7 +234,6 @@ class OutputStore:
         self.uncommit(shard)
         return self.write_shard(
             shard,
-            previous["fingerprint"],
             merged,
             still_rejected + untouched,
             row_group_size,

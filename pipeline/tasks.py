@@ -38,6 +38,6 @@ def write_shard(
     if retry:
         return store.retry_rejects(shard.name, table, meta["rejects"], spec_output["row_group_size"], started)
     return store.write_shard(
-        shard.name, shard.fingerprint, table, meta["rejects"], spec_output["row_group_size"], started,
+        shard.name, table, meta["rejects"], spec_output["row_group_size"], started,
         shard_inputs(shard),
     )

@@ -17,7 +17,7 @@ def test_folder_listing_is_sorted_sharded_and_keyed_by_relative_path(tmp_path):
     assert shards[0].records[0].uri == f"file://{tmp_path}/a/img_000.png"
     assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
     again = list_shards(str(tmp_path) + "/", "images", 3, {})
-    assert [s.fingerprint for s in again] == [s.fingerprint for s in shards]
+    assert [s.records for s in again] == [s.records for s in shards]
 
 
 def test_glob_and_list_inputs(tmp_path):

@@ -17,7 +17,7 @@ def codes(n, seed=0):
 def write(store, shard="shard-00000", n=3, rejects=(), dtype="float32", seed=0):
     keys = [f"k{i}" for i in range(n)]
     table = latent_table(keys, [f"file:///{k}" for k in keys], codes(n, seed), PROVENANCE, dtype)
-    return store.write_shard(shard, "fp", table, list(rejects), 2, 0.0, {"inputs": keys})
+    return store.write_shard(shard, table, list(rejects), 2, 0.0, {"inputs": keys})
 
 
 def test_float16_latents_round_to_half(tmp_path):
