@@ -1,3 +1,4 @@
+import contextlib
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -129,8 +131,15 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, checkpoint):
     deadline = time.time() + 120
     while time.time() < deadline and len(list(stats.glob("*.json"))) < 2 and job.poll() is None:
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    # Ray's workers leave the driver's process group, so kill the whole tree: a worker that outlived the
+    # count below could still commit a shard.
+    local_ray = psutil.Process(job.pid).children(recursive=True)
+    os.killpg(job.pid, signal.SIGKILL)
+    for process in local_ray:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     job.wait()
+    psutil.wait_procs(local_ray, timeout=30)
     committed = len(list(stats.glob("*.json")))
     assert 2 <= committed < 10, f"{committed} shards committed before the kill"
 
