@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,17 +52,24 @@ def prepare_engine(factory: InverterFactory) -> dict:
 
 
 class InferenceActor:
-    def __init__(self, factory: InverterFactory):
+    """Holds one engine for its whole life and runs a job's model step (``Work.model``) on payloads."""
+
+    def __init__(self, factory: InverterFactory, model: Callable[[Engine, Any, int], Any]):
         self.inverter = factory()
+        self.model = model
 
     def describe(self) -> dict:
         return {"pid": os.getpid(), "device": str(self.inverter.device), "stages": self.inverter.stages}
 
-    def invert(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """uint8 RGB [N, S, S, 3] -> W+ float32 [N, num_ws, style_dim], in batches of ``batch_size``."""
-        cfg = self.inverter.config
-        out = np.empty((len(images), cfg.num_ws, cfg.style_dim), np.float32)
-        for start in range(0, len(images), batch_size):
-            batch = images_to_tensor(images[start : start + batch_size])
-            out[start : start + len(batch)] = self.inverter.invert(batch).cpu().numpy()
-        return out
+    def run(self, payload: Any, batch_size: int) -> Any:
+        return self.model(self.inverter, payload, batch_size)
+
+
+def invert_images(engine: Engine, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 RGB [N, S, S, 3] -> W+ float32 [N, num_ws, style_dim], in batches of ``batch_size``."""
+    cfg = engine.config
+    out = np.empty((len(images), cfg.num_ws, cfg.style_dim), np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images_to_tensor(images[start : start + batch_size])
+        out[start : start + len(batch)] = engine.invert(batch).cpu().numpy()
+    return out

@@ -1,12 +1,14 @@
-"""Running an inversion spec on Ray: decode tasks feed inference actors, write tasks commit each shard.
+"""Running a job spec on Ray: prepare tasks feed inference actors, write tasks commit each shard.
 
-    driver: list shards, skip committed ones, keep ``shards_in_flight`` shards decoding ahead
-    decode task (CPU)    shard -> (keys, sources, rejects), uint8 images     [object store]
-    inference actor      images -> W+ codes                                   [object store]
-    write task (CPU)     codes + keys -> Parquet, rejects, then stats (commit)
+    driver: list shards, skip committed ones, keep ``shards_in_flight`` shards preparing ahead
+    prepare task (CPU)   shard -> (keys, sources, rejects), model input       [object store]
+    inference actor      model input -> W+ codes (and images)                 [object store]
+    write task (CPU)     results + keys -> Parquet (and images), rejects, then stats (commit)
 
-Decoding runs ahead of the model and writing runs behind it, so neither waits on the other; each
-actor has a second shard queued behind the one it is inverting. An actor
+What each step does is the job's ``JobKind.work`` (inversion here; restoration, translation and editing
+in ``pipeline.applications``); listing, resume, commit, rejects and retries are shared.
+Preparing runs ahead of the model and writing runs behind it, so neither waits on the other; each
+actor has a second shard queued behind the one it is working on. An actor
 that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a failed
 decode or write task is retried by Ray; a shard is written whole or not at all.
 """
@@ -28,11 +30,11 @@ import ray
 from engines import CheckpointError, checkpoint_sha256, load_e2style
 from engines.engine import EngineOptions
 from engines.gate import GateThresholds
-from pipeline.actors import InferenceActor, InverterFactory, prepare_engine
+from pipeline.actors import InferenceActor, InverterFactory, invert_images, prepare_engine
 from pipeline.shards import InputError, Shard, assign_shards, list_shards
-from pipeline.tasks import decode_shard, write_shard
+from pipeline.tasks import DecodeImages, WriteLatents, prepare_task, write_task
 from pipeline.sink import OutputStore
-from pipeline.spec import InversionSpec
+from pipeline.spec import InversionSpec, JobSpec
 from pipeline.storage import filesystem
 
 PACKAGE_VERSION = "0.1.0"
@@ -50,17 +52,67 @@ class JobFailed(RuntimeError):
     """The job ran but did not succeed (too many rejects, a shard that failed after retries)."""
 
 
+@dataclass(frozen=True)
+class Work:
+    """A job's work on one shard, in the three places it runs. Each part is pickled on its own, so the
+    CPU tasks only import what their own part needs."""
+
+    prepare: Callable[[Shard, frozenset | None], tuple[dict, Any]]  # CPU task: (meta, payload); ``only``: keys to redo
+    model: Callable[[Any, Any, int], Any]  # inference actor: (engine, payload, batch_size) -> result
+    write: Callable[[OutputStore, Shard, dict, Any, float, bool], dict]  # CPU task: commits the shard, returns its stats
+
+
+class JobKind:
+    """What distinguishes one job from another; the runner does the rest (listing, resume, commit,
+    rejects, retries, progress). Subclasses override what differs from inversion."""
+
+    name = "inversion"
+    verb = "inverted"  # what the summary says happened to a record
+    contact_sheet = False  # assemble _contact_sheet.png from the shards' previews
+
+    def list_input(self, spec: JobSpec) -> list[Shard]:
+        inp = spec.input
+        shards = list_shards(inp.uri, inp.format, inp.shard_size, inp.storage_options)
+        if inp.format == "parquet":
+            _check_parquet_columns(shards[0], spec)
+        return shards
+
+    def check(self, spec: JobSpec, cfg, info) -> dict[str, Any]:
+        """Refuse a checkpoint or spec this job cannot use (PreflightError); returns provenance to add."""
+        if cfg.input_channels != 3:
+            raise PreflightError(
+                f"model.checkpoint: {spec.model.checkpoint} takes {cfg.input_channels}-channel input "
+                f"(task {info.task}); the inversion job reads RGB images"
+            )
+        return {}
+
+    def work(self, plan: "Plan") -> Work:
+        spec = plan.spec
+        input_args = spec.input.model_dump(
+            include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column"}
+        )
+        return Work(
+            prepare=DecodeImages(plan.provenance["image_size"], input_args),
+            model=invert_images,
+            write=WriteLatents(plan.provenance, spec.output.latent_dtype, spec.output.row_group_size),
+        )
+
+
+INVERSION = JobKind()
+
+
 @dataclass
 class Plan:
     """Everything checked before any work starts."""
 
-    spec: InversionSpec
+    spec: JobSpec
     shards: list[Shard]
     committed: dict[str, dict]
     provenance: dict[str, Any]
     store: OutputStore
     retry_rejects: bool = False
     gone: list[str] = dataclasses.field(default_factory=list)  # committed shards whose input is no longer listed
+    kind: JobKind = INVERSION
 
     @property
     def todo(self) -> list[Shard]:
@@ -89,6 +141,8 @@ class JobReport:
     retried: int = 0
     recovered: int = 0
     gone: int = 0  # committed shards whose input is no longer listed (kept as they are)
+    verb: str = "inverted"
+    contact_sheet: str | None = None
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -102,6 +156,8 @@ class JobReport:
         if self.retried:
             lines.insert(1, f"retried {self.retried} rejected records: {self.recovered} recovered, "
                             f"{self.retried - self.recovered} still rejected")
+        if self.contact_sheet:
+            lines.append(f"contact sheet: {self.contact_sheet}")
         if self.gone:
             lines.append(f"{self.gone} committed shard(s) read input that is no longer listed; their output is kept")
         if self.message:
@@ -109,15 +165,17 @@ class JobReport:
         return "\n".join(lines)
 
 
-def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool = False) -> Plan:
+def plan_job(
+    spec: JobSpec, overwrite: bool = False, retry_rejects: bool = False, kind: JobKind = INVERSION
+) -> Plan:
     """List the input, inspect the checkpoint and the output. Raises PreflightError; writes nothing.
 
-    With ``retry_rejects`` the rejected records of committed shards are read and inverted again.
+    With ``retry_rejects`` the rejected records of committed shards are read and processed again.
     """
     try:
-        shards = list_shards(spec.input.uri, spec.input.format, spec.input.shard_size, spec.input.storage_options)
-        if spec.input.format == "parquet":
-            _check_parquet_columns(shards[0], spec)
+        shards = kind.list_input(spec)
+    except PreflightError:
+        raise
     except (ValueError, OSError) as e:
         raise PreflightError(f"input.uri: {e}") from e
     try:
@@ -127,12 +185,9 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
         raise PreflightError(f"model.checkpoint: {e}") from e
     cfg = model.config
     del model
-    if cfg.input_channels != 3:
-        raise PreflightError(
-            f"model.checkpoint: {spec.model.checkpoint} takes {cfg.input_channels}-channel input "
-            f"(task {info.task}); the inversion job reads RGB images"
-        )
+    extra = kind.check(spec, cfg, info)
     provenance = {
+        "job": kind.name,
         "checkpoint": spec.model.checkpoint,
         "checkpoint_sha256": sha,
         "stages": cfg.stages,
@@ -145,6 +200,7 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
         "latent_dtype": spec.output.latent_dtype,
         "package_version": PACKAGE_VERSION,
         "spec_sha256": spec.output_fingerprint(),
+        **extra,
     }
     try:
         store = OutputStore(spec.output.uri, spec.output.storage_options)
@@ -154,7 +210,9 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
     except (OSError, PermissionError, ValueError) as e:
         raise PreflightError(f"output.uri: cannot use {spec.output.uri}: {e}") from e
     if previous is not None:
-        for field_name in ("checkpoint_sha256", "stages", "spec_sha256", "latent_dtype"):
+        for field_name in ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype"):
+            if field_name == "job" and "job" not in previous:  # written before jobs other than inversion
+                continue
             if previous.get(field_name) != provenance[field_name]:
                 raise PreflightError(
                     f"output.uri: {spec.output.uri} holds output of a different {field_name.replace('_', ' ')} "
@@ -162,13 +220,13 @@ def plan_job(spec: InversionSpec, overwrite: bool = False, retry_rejects: bool =
                     "rerun with --overwrite to replace it, or choose another output.uri"
                 )
     try:
-        shards, gone = assign_shards(shards, spec.input.format, spec.input.shard_size, committed)
+        shards, gone = assign_shards(shards, shards[0].format, getattr(spec.input, "shard_size", 1), committed)
     except InputError as e:
         raise PreflightError(f"input.uri: {e}") from e
-    return Plan(spec, shards, committed, provenance, store, retry_rejects, gone)
+    return Plan(spec, shards, committed, provenance, store, retry_rejects, gone, kind)
 
 
-def _check_parquet_columns(shard: Shard, spec: InversionSpec) -> None:
+def _check_parquet_columns(shard: Shard, spec: JobSpec) -> None:
     fs, path = filesystem(shard.source, spec.input.storage_options)
     with fs.open(path, "rb") as f:
         names = pq.ParquetFile(f).schema_arrow.names
@@ -203,7 +261,7 @@ def _check_cluster_fits(res) -> None:
         )
 
 
-def engine_options(spec: InversionSpec) -> EngineOptions:
+def engine_options(spec: JobSpec) -> EngineOptions:
     e, res = spec.engine, spec.resources
     max_batch = e.max_batch or res.batch_size
     return EngineOptions(
@@ -272,47 +330,43 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
     stats = dict(plan.committed)
 
     if todo:
+        work = plan.kind.work(plan)
         actor_cls = ray.remote(InferenceActor).options(
             num_cpus=res.num_cpus_per_actor,
             num_gpus=res.num_gpus_per_actor,
             max_restarts=RETRIES,
             max_task_retries=RETRIES,
         )
-        actors = [actor_cls.remote(factory) for _ in range(res.num_actors)]
-        decode = ray.remote(decode_shard).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
+        actors = [actor_cls.remote(factory, work.model) for _ in range(res.num_actors)]
+        prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
         # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
-        # one could wait forever. They are I/O and a light zstd pass.
-        write = ray.remote(write_shard).options(num_cpus=0, max_retries=RETRIES)
+        # one could wait forever. They are I/O and a light encoding pass.
+        write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
         in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
         store_args = (spec.output.uri, dict(spec.output.storage_options))
-        output_args = spec.output.model_dump(include={"latent_dtype", "row_group_size"})
-        size = plan.provenance["image_size"]
-        input_args = spec.input.model_dump(
-            include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column"}
-        )
+        prepare_ref, write_ref = ray.put(work.prepare), ray.put(work.write)
 
         queue = deque(todo)
-        decoding: deque = deque()
-        calls = {actor: 0 for actor in actors}  # invert calls queued on each actor
-        inverting: dict = {}
+        preparing: deque = deque()
+        calls = {actor: 0 for actor in actors}  # model calls queued on each actor
+        running: dict = {}
         writing: dict = {}
-        while queue or decoding or inverting or writing:
-            while queue and len(decoding) + len(inverting) < in_flight:
+        while queue or preparing or running or writing:
+            while queue and len(preparing) + len(running) < in_flight:
                 shard, retry = queue.popleft()
-                meta_ref, images_ref = decode.remote(shard, size, input_args, store_args if retry else None)
-                decoding.append((shard, retry, meta_ref, images_ref, time.time()))
-            while decoding and min(calls.values()) < CALLS_PER_ACTOR:
-                shard, retry, meta_ref, images_ref, t0 = decoding.popleft()
+                meta_ref, payload_ref = prepare.remote(prepare_ref, shard, store_args if retry else None)
+                preparing.append((shard, retry, meta_ref, payload_ref, time.time()))
+            while preparing and min(calls.values()) < CALLS_PER_ACTOR:
+                shard, retry, meta_ref, payload_ref, t0 = preparing.popleft()
                 actor = min(calls, key=calls.get)
                 calls[actor] += 1
-                inverting[actor.invert.remote(images_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
-            ready, _ = ray.wait([*inverting, *writing], num_returns=1)
+                running[actor.run.remote(payload_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
+            ready, _ = ray.wait([*running, *writing], num_returns=1)
             for ref in ready:
-                if ref in inverting:
-                    shard, retry, actor, meta_ref, t0 = inverting.pop(ref)
+                if ref in running:
+                    shard, retry, actor, meta_ref, t0 = running.pop(ref)
                     calls[actor] -= 1
-                    args = (store_args, shard, meta_ref, ref, plan.provenance, output_args, t0, retry)
-                    writing[write.remote(*args)] = shard
+                    writing[write.remote(write_ref, store_args, shard, meta_ref, ref, t0, retry)] = shard
                     continue
                 shard = writing.pop(ref)
                 try:
@@ -334,8 +388,12 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         f"too many rejected records: {rate:.2%} > max_failure_rate {spec.max_failure_rate:.2%}; "
         f"see {spec.output.uri.rstrip('/')}/_rejects/"
     )
+    sheet = None
     if ok and len(stats) == len(plan.shards):
-        plan.store.write_manifest(plan.provenance, [stats[s.name] for s in plan.shards])
+        ordered = [stats[s.name] for s in plan.shards]
+        if plan.kind.contact_sheet and spec.output.contact_sheet_rows:
+            sheet = plan.store.write_contact_sheet(ordered, spec.output.contact_sheet_rows)
+        plan.store.write_manifest(plan.provenance, ordered)
     return JobReport(
         output=spec.output.uri,
         shards=len(plan.shards),
@@ -350,13 +408,19 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
         retried=retried,
         recovered=recovered,
         gone=len(plan.gone),
+        verb=plan.kind.verb,
+        contact_sheet=sheet,
     )
 
 
-def run_inversion(
-    spec: InversionSpec, overwrite: bool = False, show_progress: bool = True, retry_rejects: bool = False
+def run_job(
+    spec: JobSpec,
+    kind: JobKind = INVERSION,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    retry_rejects: bool = False,
 ) -> JobReport:
-    plan = plan_job(spec, overwrite=overwrite, retry_rejects=retry_rejects)
+    plan = plan_job(spec, overwrite=overwrite, retry_rejects=retry_rejects, kind=kind)
     start_ray(spec.ray_address)
     if overwrite:
         _check_cluster_fits(spec.resources)  # refuse before deleting anything
@@ -369,6 +433,12 @@ def run_inversion(
             bar.close()
 
 
+def run_inversion(
+    spec: InversionSpec, overwrite: bool = False, show_progress: bool = True, retry_rejects: bool = False
+) -> JobReport:
+    return run_job(spec, INVERSION, overwrite=overwrite, show_progress=show_progress, retry_rejects=retry_rejects)
+
+
 class ProgressBar:
     """Records/s, shards done, failures and ETA in the driver's terminal."""
 
@@ -378,7 +448,7 @@ class ProgressBar:
         # Records of webdataset and parquet shards are counted only as they are read.
         self.retrying = {s.name: plan.committed[s.name]["rejected"] for s in plan.retries}
         total = None
-        if plan.spec.input.format == "images":
+        if plan.todo and plan.todo[0].format == "images":
             total = sum(len(s.records) for s in plan.todo) + sum(self.retrying.values())
         self.shards_total = len(plan.shards)
         self.shards_done = len(plan.committed) - len(self.retrying)

@@ -1,4 +1,8 @@
-"""The inversion job's spec: what to read, which model, where to write, with which resources."""
+"""Job specs: what to read, which model, where to write, with which resources.
+
+``JobSpec`` holds the sections every job shares; ``InversionSpec`` is the inversion job's, and
+``pipeline.app_specs`` adds the restoration, translation and editing jobs' own sections.
+"""
 
 from __future__ import annotations
 
@@ -141,10 +145,10 @@ class EngineSpec(_Strict):
         return self
 
 
-class InversionSpec(_Strict):
-    input: InputSpec = Field(description="What to invert.")
+class JobSpec(_Strict):
+    input: InputSpec = Field(description="What to read.")
     model: ModelSpec = Field(description="The E2Style checkpoint.")
-    output: OutputSpec = Field(description="Where the W+ codes go.")
+    output: OutputSpec = Field(description="Where the results go.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray resources and batching.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="How the model runs (engines.build_engine).")
     max_failure_rate: float = Field(
@@ -162,14 +166,14 @@ class InversionSpec(_Strict):
     @field_validator("input")
     @classmethod
     def _uri_not_empty(cls, value: InputSpec) -> InputSpec:
-        uris = [value.uri] if isinstance(value.uri, str) else value.uri
-        if not uris or any(not u.strip() for u in uris):
+        uris = [] if value.uri is None else [value.uri] if isinstance(value.uri, str) else value.uri
+        if value.uri is not None and (not uris or any(not u.strip() for u in uris)):
             raise ValueError("input.uri must name at least one non-empty URI")
         return value
 
     @model_validator(mode="after")
-    def _distinct_paths(self) -> "InversionSpec":
-        uris = [self.input.uri] if isinstance(self.input.uri, str) else self.input.uri
+    def _distinct_paths(self) -> "JobSpec":
+        uris = [] if self.input.uri is None else [self.input.uri] if isinstance(self.input.uri, str) else self.input.uri
         out = self.output.uri.rstrip("/")
         if any(u.rstrip("/") == out for u in uris):
             raise ValueError("output.uri must differ from input.uri")
@@ -183,7 +187,17 @@ class InversionSpec(_Strict):
             "output": self.output.model_dump(exclude={"storage_options", "uri"}),
             "engine": self.engine.model_dump(include={"backend", "precision"}),
         }
+        relevant.update(self.fingerprint_sections())
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def fingerprint_sections(self) -> dict[str, Any]:
+        """A job's own sections that decide its output (none for inversion)."""
+        return {}
+
+
+class InversionSpec(JobSpec):
+    input: InputSpec = Field(description="What to invert.")
+    output: OutputSpec = Field(description="Where the W+ codes go.")
 
 
 def redact(value: Any) -> Any:
