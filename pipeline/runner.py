@@ -30,6 +30,7 @@ import ray
 from engines import CheckpointError, checkpoint_sha256, load_e2style
 from engines.engine import EngineOptions
 from engines.gate import GateThresholds
+from pipeline.decode import read_records
 from pipeline.actors import InferenceActor, InverterFactory, invert_images, prepare_engine
 from pipeline.shards import InputError, Shard, assign_shards, list_shards
 from pipeline.tasks import DecodeImages, WriteLatents, prepare_task, write_task
@@ -77,14 +78,27 @@ class JobKind:
             _check_parquet_columns(shards[0], spec)
         return shards
 
-    def check(self, spec: JobSpec, cfg, info) -> dict[str, Any]:
-        """Refuse a checkpoint or spec this job cannot use (PreflightError); returns provenance to add."""
+    def check(self, spec: JobSpec, cfg, info, shards: list[Shard]) -> dict[str, Any]:
+        """Refuse a checkpoint, spec or input this job cannot use (PreflightError); returns provenance to
+        add, every field of which a later run must match to resume the output."""
         if cfg.input_channels != 3:
             raise PreflightError(
                 f"model.checkpoint: {spec.model.checkpoint} takes {cfg.input_channels}-channel input "
                 f"(task {info.task}); the inversion job reads RGB images"
             )
         return {}
+
+    def record_keys(self, spec: JobSpec, shard: Shard, stats: dict | None) -> list[str]:
+        """The keys of the records the job makes output for in ``shard`` (for --verify): as recorded when
+        it was committed (images), or read from its WebDataset or Parquet file."""
+        if shard.format == "images":
+            return list(stats["inputs"]) if stats else [r.key for r in shard.records]
+        records = read_records(shard, spec.input.storage_options, spec.input.image_column, spec.input.key_column)
+        return [key for key, _, _ in records]
+
+    def rows_per_record(self, spec: JobSpec, key: str) -> int:
+        """Output rows a record gets (for --verify)."""
+        return 1
 
     def work(self, plan: "Plan") -> Work:
         spec = plan.spec
@@ -147,7 +161,7 @@ class JobReport:
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"{'succeeded' if self.succeeded else 'FAILED'}: {self.written} of {self.records} records inverted, "
+            f"{'succeeded' if self.succeeded else 'FAILED'}: {self.written} of {self.records} records {self.verb}, "
             f"{self.rejected} rejected ({self.failure_rate:.2%}), {self.shards} shards "
             f"({self.shards_skipped} already committed)",
             f"time {self.seconds:.1f} s, {rate:.1f} records/s this run",
@@ -185,7 +199,7 @@ def plan_job(
         raise PreflightError(f"model.checkpoint: {e}") from e
     cfg = model.config
     del model
-    extra = kind.check(spec, cfg, info)
+    extra = kind.check(spec, cfg, info, shards)
     provenance = {
         "job": kind.name,
         "checkpoint": spec.model.checkpoint,
@@ -210,7 +224,7 @@ def plan_job(
     except (OSError, PermissionError, ValueError) as e:
         raise PreflightError(f"output.uri: cannot use {spec.output.uri}: {e}") from e
     if previous is not None:
-        for field_name in ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype"):
+        for field_name in ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype", *extra):
             if field_name == "job" and "job" not in previous:  # written before jobs other than inversion
                 continue
             if previous.get(field_name) != provenance[field_name]:

@@ -10,11 +10,18 @@ the folder as a dataset yields the latents only):
     _manifest.json               written when every shard is committed and the job succeeded
     _engines/                    exported graphs and TensorRT plans (engines.cache), unless engine.cache_uri
 
+Jobs that make images (restoration, translation, editing) add, per shard, before its stats:
+
+    images/shard-00000/<key>[.<variant>].<png|jpg|webp>   the rows' ``image`` column names them
+    _previews/shard-00000.png    the shard's first records, inputs beside outputs
+    _contact_sheet.png           the first previews stacked, written when the job succeeds
+
 A retry of a shard's rejects removes its stats first, replaces its files, then writes new stats.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -23,10 +30,12 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from pipeline.storage import filesystem, join, write_atomically
 
 LATENT_COLUMN = "w_plus"
+PREVIEW_TILE, PREVIEW_GAP = 128, 4  # pixels of a contact sheet's pictures and the space between them
 METADATA_KEY = b"e2style_batch"
 REJECT_SCHEMA = pa.schema(
     [
@@ -65,6 +74,21 @@ def latent_table(
     return pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(sources, pa.string()), latents], schema=schema)
 
 
+def manifest_table(
+    keys: list[str],
+    sources: list[str],
+    codes: np.ndarray,
+    provenance: Mapping[str, Any],
+    latent_dtype: str,
+    columns: Mapping[str, tuple[list, pa.DataType]],
+) -> pa.Table:
+    """``latent_table`` with more columns (name -> (values, type)): an application job's rows."""
+    table = latent_table(keys, sources, codes, provenance, latent_dtype)
+    for name, (values, dtype) in columns.items():
+        table = table.append_column(pa.field(name, dtype), pa.array(values, dtype))
+    return table
+
+
 @dataclass
 class OutputStore:
     uri: str
@@ -93,6 +117,58 @@ class OutputStore:
     @property
     def tmp_dir(self) -> str:
         return join(self.root, "_tmp")
+
+    def images_dir(self, shard: str) -> str:
+        return join(self.root, "images", shard)
+
+    def image_uri(self, shard: str, name: str) -> str:
+        """The URI a shard's image ``name`` gets (as written in the rows' ``image`` column)."""
+        return join(self.uri, "images", shard, name)
+
+    def preview_path(self, shard: str) -> str:
+        return join(self.root, "_previews", f"{shard}.png")
+
+    @property
+    def contact_sheet_path(self) -> str:
+        return join(self.root, "_contact_sheet.png")
+
+    def write_images(self, shard: str, images: Mapping[str, bytes]) -> None:
+        """Write encoded images under images/<shard>/. They count only once the shard's stats exist, so
+        they are written in place: a crash leaves files the next run deletes and writes again."""
+        paths = {join(self.images_dir(shard), name): data for name, data in images.items()}
+        for parent in sorted({self.fs._parent(p) for p in paths}):
+            self.fs.makedirs(parent, exist_ok=True)
+        if paths:
+            self.fs.pipe(paths)  # object stores upload these concurrently
+
+    def write_preview(self, shard: str, png: bytes) -> None:
+        self.fs.makedirs(self.fs._parent(self.preview_path(shard)), exist_ok=True)
+        self.fs.pipe_file(self.preview_path(shard), png)
+
+    def write_contact_sheet(self, stats: list[dict], rows: int) -> str | None:
+        """Stack the previews of the shards (in order) until ``rows`` rows; returns the sheet's URI."""
+        pieces, taken = [], 0
+        for record in stats:
+            count = min(record.get("preview_rows", 0), rows - taken)
+            if count <= 0 or not self.fs.exists(self.preview_path(record["shard"])):
+                continue
+            with Image.open(io.BytesIO(self.fs.cat_file(self.preview_path(record["shard"])))) as preview:
+                row_height = (preview.height - PREVIEW_GAP) // record["preview_rows"]
+                pieces.append(preview.convert("RGB").crop((0, 0, preview.width, PREVIEW_GAP + count * row_height)))
+            taken += count
+            if taken >= rows:
+                break
+        if not pieces:
+            return None
+        sheet = Image.new("RGB", (max(p.width for p in pieces), sum(p.height - PREVIEW_GAP for p in pieces) + PREVIEW_GAP), "white")
+        top = 0
+        for piece in pieces:
+            sheet.paste(piece, (0, top))
+            top += piece.height - PREVIEW_GAP
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="PNG")
+        write_atomically(self.fs, self.contact_sheet_path, lambda f: f.write(buffer.getvalue()), self.tmp_dir)
+        return join(self.uri, "_contact_sheet.png")
 
     def _write_json(self, path: str, value: Any) -> None:
         text = json.dumps(value, indent=2, sort_keys=True).encode()
@@ -139,26 +215,32 @@ class OutputStore:
         self.fs.rm(self.stats_path(shard))
 
     def remove_uncommitted(self) -> list[str]:
-        """Delete data and rejects files of shards without stats (left by an interrupted run); their names."""
+        """Delete the files of shards without stats (left by an interrupted run); their names."""
         committed = set(self.committed())
         removed = []
-        for pattern in (join(self.root, "shard-*.parquet"), join(self.root, "_rejects", "shard-*.parquet")):
+        patterns = (
+            join(self.root, "shard-*.parquet"),
+            join(self.root, "_rejects", "shard-*.parquet"),
+            join(self.root, "_previews", "shard-*.png"),
+            join(self.root, "images", "shard-*"),
+        )
+        for pattern in patterns:
             for path in self.fs.glob(pattern):
-                name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+                name = path.rsplit("/", 1)[-1].split(".", 1)[0]
                 if name not in committed:
-                    self.fs.rm(path)
+                    self.fs.rm(path, recursive=True)
                     removed.append(name)
         return sorted(set(removed))
 
     def clear(self) -> None:
         """Remove every file this job layout owns (for a deliberate fresh start); other files stay."""
-        owned = [self.job_path, self.manifest_path]
+        owned = [self.job_path, self.manifest_path, self.contact_sheet_path]
         if self.fs.exists(self.root):
             owned += [p for p in self.fs.ls(self.root, detail=False) if p.rsplit("/", 1)[-1].startswith("shard-")]
         for path in owned:
             if self.fs.exists(path):
                 self.fs.rm(path)
-        for folder in ("_stats", "_rejects", "_tmp"):
+        for folder in ("_stats", "_rejects", "_tmp", "_previews", "images"):
             if self.fs.exists(join(self.root, folder)):
                 self.fs.rm(join(self.root, folder), recursive=True)
 
@@ -171,10 +253,12 @@ class OutputStore:
         started: float,
         inputs: Mapping[str, Any],
         retries: int = 0,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict:
         """Write the shard's rows and rejects, then its stats file, which commits it. Returns the stats.
 
-        ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs.
+        ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs. A record may have
+        several rows (an edit with several strengths); ``written`` counts records, ``rows`` rows.
         """
         def write_rows(f):
             encodings = {f"{LATENT_COLUMN}.list.element": "BYTE_STREAM_SPLIT"} if LATENT_COLUMN in table.column_names else None
@@ -196,16 +280,19 @@ class OutputStore:
             rejects_file = f"_rejects/{shard}.parquet"
         elif self.fs.exists(self.rejects_path(shard)):
             self.fs.rm(self.rejects_path(shard))  # left by an earlier, uncommitted attempt
+        written = len(set(table.column("key").to_pylist()))
         stats = {
             "shard": shard,
-            "records": table.num_rows + len(rejects),
-            "written": table.num_rows,
+            "records": written + len(rejects),
+            "written": written,
             "rejected": len(rejects),
+            "rows": table.num_rows,
             "seconds": round(time.time() - started, 3),
             "data_file": f"{shard}.parquet",
             "rejects_file": rejects_file,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **inputs,
+            **(extra or {}),
         }
         if retries:
             stats["retries"] = retries
@@ -240,6 +327,7 @@ class OutputStore:
             started,
             {k: previous[k] for k in ("inputs", "source", "size", "version") if k in previous},
             retries=previous.get("retries", 0) + 1,
+            extra={k: previous[k] for k in ("preview_rows",) if k in previous},
         )
 
     def write_manifest(self, provenance: Mapping[str, Any], stats: list[dict]) -> None:

@@ -24,6 +24,7 @@ from operators.degradations import (
     to_uint8_truncating,
     triangle_mask,
 )
+from pipeline.sink import PREVIEW_GAP, PREVIEW_TILE
 
 RESTORATION_TASKS = ("colorization", "denoise", "inpainting", "super_resolution")
 NUM_SEGMENTATION_CLASSES = 19  # CelebAMask-HQ
@@ -106,7 +107,7 @@ def encode_image(image: np.ndarray, format: str, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def contact_sheet(rows: Sequence[Sequence[np.ndarray]], tile: int = 128, gap: int = 4) -> bytes:
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], tile: int = PREVIEW_TILE, gap: int = PREVIEW_GAP) -> bytes:
     """PNG of a grid: one row per record (e.g. input, output, reference), each image scaled to ``tile``."""
     columns = max(len(r) for r in rows)
     sheet = Image.new("RGB", (columns * (tile + gap) + gap, len(rows) * (tile + gap) + gap), (255, 255, 255))

@@ -1,8 +1,9 @@
-"""Checking an inversion output against its input: every record exactly once in the latents or the rejects.
+"""Checking a job's output against its input: every record in the output rows (as many times as the job
+makes rows for it) or in the rejects, exactly once.
 
 Reads the input listing (and, for WebDataset and Parquet shards, the record keys inside them), then each
-shard's committed stats, latents and rejects, and reports every difference by shard and key. Writes
-nothing.
+shard's committed stats, rows, rejects and images, and reports every difference by shard and key.
+Writes nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engines import CheckpointError, checkpoint_sha256
-from pipeline.decode import read_records
-from pipeline.shards import Shard, assign_shards, list_shards
+from pipeline.runner import INVERSION, JobKind, PreflightError
+from pipeline.shards import Shard, assign_shards
 from pipeline.sink import LATENT_COLUMN, METADATA_KEY, OutputStore
-from pipeline.spec import InversionSpec
+from pipeline.spec import JobSpec
 from pipeline.storage import join
 
 EXAMPLES = 5  # keys quoted per difference; the counts are always complete
@@ -69,17 +70,8 @@ def _quote(keys) -> str:
     return shown + (f" and {len(keys) - EXAMPLES} more" if len(keys) > EXAMPLES else "")
 
 
-def input_keys(shard: Shard, spec: InversionSpec, stats: dict | None) -> list[str]:
-    """The keys the job gives the shard's records: as recorded when it was committed (images), or read
-    from its WebDataset or Parquet file."""
-    if shard.format == "images":
-        return list(stats["inputs"]) if stats else [r.key for r in shard.records]
-    records = read_records(shard, spec.input.storage_options, spec.input.image_column, spec.input.key_column)
-    return [key for key, _, _ in records]
-
-
 def check_shard(
-    shard: Shard, spec: InversionSpec, store: OutputStore, stats: dict | None, job: dict, gone: bool
+    shard: Shard, spec: JobSpec, kind: JobKind, store: OutputStore, stats: dict | None, job: dict, gone: bool
 ) -> ShardCheck:
     """``gone``: a committed shard whose input is no longer listed; a gone file's keys cannot be read, so
     only the output's own consistency is checked."""
@@ -87,7 +79,7 @@ def check_shard(
     expected = None
     if not (gone and shard.format != "images"):
         try:
-            expected = input_keys(shard, spec, stats)
+            expected = kind.record_keys(spec, shard, stats)
         except (OSError, ValueError) as e:
             check.problems.append(f"cannot read input {shard.first}: {e}")
             return check
@@ -103,7 +95,8 @@ def check_shard(
     except Exception as e:  # any unreadable file is a difference to report, not a crash
         check.problems.append(f"cannot read its output: {type(e).__name__}: {e}")
         return check
-    written = table.column("key").to_pylist()
+    rows = table.column("key").to_pylist()
+    written = sorted(set(rows))
     rejected = [r[0] for r in rejects]
     check.written, check.rejected = len(written), len(rejected)
 
@@ -121,19 +114,29 @@ def check_shard(
             check.problems.append(f"latents of shape {list(codes.shape[1:])}, expected [{job.get('num_ws')}, {job.get('style_dim')}]")
         bad_rows = np.flatnonzero(~np.isfinite(codes.reshape(len(codes), -1)).all(axis=1))
         if len(bad_rows):
-            check.problems.append(f"{len(bad_rows)} latent(s) not finite: {_quote(written[i] for i in bad_rows)}")
+            check.problems.append(f"{len(bad_rows)} latent(s) not finite: {_quote(rows[i] for i in bad_rows)}")
+    counts = Counter(rows)
+    wrong = [k for k in written if counts[k] != kind.rows_per_record(spec, k)]
+    if wrong:
+        k = wrong[0]
+        check.problems.append(
+            f"{len(wrong)} record(s) with another number of rows than the job makes: {_quote(wrong)} "
+            f"({k!r} has {counts[k]}, expected {kind.rows_per_record(spec, k)})"
+        )
+    if "image" in table.column_names:
+        check.problems += _check_images(store, shard.name, table.column("image").to_pylist())
 
     seen = Counter(written) + Counter(rejected)
     expected_set = set(expected or ())
     missing = [k for k in expected if k not in seen] if expected is not None else []
     unexpected = [k for k in seen if k not in expected_set] if expected is not None else []
     both = sorted(set(written) & set(rejected))
-    repeated = sorted(k for k, n in (Counter(written) | Counter(rejected)).items() if n > 1)
+    repeated = sorted(k for k, n in Counter(rejected).items() if n > 1)
     for label, keys in (
         ("missing from the output and the rejects", missing),
         ("not in the input", unexpected),
         ("in both the latents and the rejects", both),
-        ("more than once in the latents or the rejects", repeated),
+        ("more than once in the rejects", repeated),
     ):
         if keys:
             check.problems.append(f"{len(keys)} record(s) {label}: {_quote(keys)}")
@@ -145,12 +148,29 @@ def check_shard(
     return check
 
 
-def verify_output(spec: InversionSpec) -> VerifyReport:
+def _check_images(store: OutputStore, shard: str, uris: list[str]) -> list[str]:
+    """Every row's image exists, and the shard's image folder holds no others."""
+    folder = store.images_dir(shard)
+    present = {p[len(folder) + 1 :] for p in store.fs.find(folder)} if store.fs.exists(folder) else set()
+    prefix = store.image_uri(shard, "")
+    named = {u[len(prefix) :] for u in uris}
+    problems = []
+    if len(named) != len(uris):
+        problems.append(f"{len(uris) - len(named)} row(s) name an image another row names")
+    missing, stray = sorted(named - present), sorted(present - named)
+    if missing:
+        problems.append(f"{len(missing)} image(s) named by rows are missing: {_quote(missing)}")
+    if stray:
+        problems.append(f"{len(stray)} image(s) in images/{shard}/ that no row names: {_quote(stray)}")
+    return problems
+
+
+def verify_output(spec: JobSpec, kind: JobKind = INVERSION) -> VerifyReport:
     """Compare the output with the input the spec names. Raises VerifyError when there is nothing to compare."""
     store = OutputStore(spec.output.uri, spec.output.storage_options)
     job = store.read_job()
     if job is None:
-        raise VerifyError(f"output.uri: {spec.output.uri} holds no inversion output (no _job.json)")
+        raise VerifyError(f"output.uri: {spec.output.uri} holds no {kind.name} output (no _job.json)")
     if job.get("spec_sha256") != spec.output_fingerprint():
         raise VerifyError(
             f"output.uri: {spec.output.uri} was written from a different spec (input, model or output settings differ)"
@@ -166,12 +186,12 @@ def verify_output(spec: InversionSpec) -> VerifyReport:
         )
     committed = store.committed()
     try:
-        listing = list_shards(spec.input.uri, spec.input.format, spec.input.shard_size, spec.input.storage_options)
-        shards, gone = assign_shards(listing, spec.input.format, spec.input.shard_size, committed)
-    except (ValueError, OSError) as e:
+        listing = kind.list_input(spec)
+        shards, gone = assign_shards(listing, listing[0].format, getattr(spec.input, "shard_size", 1), committed)
+    except (ValueError, OSError, PreflightError) as e:
         raise VerifyError(f"input.uri: {e}") from e
     with ThreadPoolExecutor(READERS) as pool:
-        checks = list(pool.map(lambda s: check_shard(s, spec, store, committed.get(s.name), job, s.name in gone), shards))
+        checks = list(pool.map(lambda s: check_shard(s, spec, kind, store, committed.get(s.name), job, s.name in gone), shards))
 
     names = {s.name for s in shards}
     problems = []

@@ -1,0 +1,23 @@
+"""Translate sketches or segmentation label maps into faces with a task's E2Style checkpoint; images and
+a Parquet manifest per input shard.
+
+    python -m jobs.translate spec.yaml [--overwrite | --retry-rejects | --verify] [--no-progress]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.cli import EXIT_CODES, main as run_main
+from pipeline.app_specs import TranslateSpec
+from pipeline.applications import TranslateJob
+
+__doc__ += "\n" + EXIT_CODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, "python -m jobs.translate", __doc__.splitlines()[0], TranslateSpec, TranslateJob)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
