@@ -186,7 +186,9 @@ class PrepareEdit:
         if self.kind == "face_swap":  # one pasted image per row: a target may take several sources
             targets = values[[r for r, _, _ in plan]] if plan else values[:0]
             donors = partners[[j for _, j, _ in plan]] if plan else values[:0]
-            pasted = paste_center(torch.as_tensor(donors), torch.as_tensor(targets), self.paste_fraction).numpy()
+            channels_first = lambda a: torch.as_tensor(a).permute(0, 3, 1, 2)  # noqa: E731
+            pasted = paste_center(channels_first(donors), channels_first(targets), self.paste_fraction)
+            pasted = pasted.permute(0, 2, 3, 1).contiguous().numpy()
             firsts = {}
             for (r, _, _), target, donor, paste in zip(plan, targets, donors, pasted):
                 firsts.setdefault(r, [target, donor, paste])
