@@ -55,6 +55,7 @@ def _static_prefix(pattern: str) -> str:
 
 def _list_one(uri: str, storage_options: Mapping[str, Any], extensions: tuple[str, ...]) -> list[Record]:
     fs, path = filesystem(uri, storage_options)
+    fs.invalidate_cache(_static_prefix(path) if any(ch in path for ch in _GLOB_CHARS) else path)  # see new files
     try:
         if any(ch in path for ch in _GLOB_CHARS):
             root = _static_prefix(path)

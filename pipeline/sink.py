@@ -187,6 +187,7 @@ class OutputStore:
     def committed(self) -> dict[str, dict]:
         """Stats of every committed shard, by shard name."""
         folder = join(self.root, "_stats")
+        self.fs.invalidate_cache(folder)  # a long-lived process's cached listing predates later commits
         if not self.fs.exists(folder):
             return {}
         stats = {}

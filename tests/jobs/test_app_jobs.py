@@ -328,3 +328,43 @@ def test_bad_edit_specs_exit_2_with_nothing_written(models, latents, tmp_path, c
     assert edit.main([str(spec)]) == EXIT_BAD_SPEC
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_edit_from_latents_on_object_storage_then_a_new_shard(ray_local, s3_server, models, tmp_path, capsys):
+    options = {"endpoint_url": s3_server}
+    s3 = fsspec.filesystem("s3", **options)
+    s3.mkdir("edits")
+    folder = tmp_path / "in"
+    keys = make_image_folder(folder, good=4)
+    s3.put(str(folder) + "/", "edits/faces/", recursive=True)
+    s3.put(str(models["inversion"]), "edits/inversion.pt")
+    model = {"checkpoint": "s3://edits/inversion.pt", "stages": 1, "storage_options": options}
+    invert_spec = write_spec(tmp_path / "invert.yaml", {
+        "input": {"uri": "s3://edits/faces/", "shard_size": 2, "storage_options": options},
+        "model": model,
+        "output": {"uri": "s3://edits/latents/", "storage_options": options},
+        "resources": RESOURCES,
+    })
+    edit_spec_path = write_spec(tmp_path / "edit.yaml", {
+        "input": {"latents": "s3://edits/latents/", "latents_storage_options": options},
+        "model": model,
+        "output": {"uri": "s3://edits/interpolated/", "storage_options": options},
+        "edit": {"kind": "interpolation", "pairs": [[keys[0], keys[3]], [keys[2], keys[1]]], "steps": 1},
+        "resources": RESOURCES,
+    })
+    assert invert_dataset.main([str(invert_spec), "--no-progress"]) == EXIT_OK
+    assert edit.main([str(edit_spec_path), "--no-progress"]) == EXIT_OK
+    rows = read_rows("s3://edits/interpolated/", options)
+    assert rows["key"] == [keys[0]] * 3 + [keys[2]] * 3
+    assert rows["source"][0] == f"s3://edits/faces/{keys[0]}"
+    assert all(s3.exists(u) for u in rows["image"])
+    capsys.readouterr()
+
+    # A new image arrives: the inversion's only work is its shard, and so is the edit's.
+    s3.pipe("edits/faces/c/new.png", png_bytes(90))
+    assert invert_dataset.main([str(invert_spec), "--no-progress"]) == EXIT_OK
+    assert "3 shards (2 already committed)" in capsys.readouterr().out
+    assert edit.main([str(edit_spec_path), "--no-progress"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "succeeded: 2 of 2 records edited" in out and "3 shards (2 already committed)" in out
+    assert edit.main([str(edit_spec_path), "--verify"]) == EXIT_OK
