@@ -52,6 +52,7 @@ def test_verify_names_every_difference(inverted):
         return pa.Table.from_arrays([table.column("key")[1:], table.column("source")[1:], latents], schema=table.schema)
 
     rewrite(out / "shard-00001.parquet", drop_first_and_poison)
+    rewrite(out / "shard-00001.parquet", lambda t: pa.concat_tables([t, t.slice(t.num_rows - 1, 1)]))  # a row twice
     # shard 3: a rejected record listed twice in the rejects
     rewrite(out / "_rejects" / "shard-00003.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]))
     # shard 2: never committed; shard 4: its data file gone
@@ -66,11 +67,12 @@ def test_verify_names_every_difference(inverted):
     assert problems["shard-00000"] == []
     assert problems["shard-00001"] == [
         f"1 latent(s) not finite: {good[5]!r}",
+        f"1 record(s) with another number of rows than the job makes: {good[7]!r} ({good[7]!r} has 2, expected 1)",
         f"1 record(s) missing from the output and the rejects: {good[4]!r}",
         "stats say 4 written and 0 rejected, the files hold 3 and 0",
     ]
     assert problems["shard-00003"] == [
-        "1 record(s) more than once in the latents or the rejects: 'bad/corrupt.png'",
+        "1 record(s) more than once in the rejects: 'bad/corrupt.png'",
         "stats say 0 written and 4 rejected, the files hold 0 and 5",
     ]
     assert problems["shard-00002"] == [
@@ -79,7 +81,7 @@ def test_verify_names_every_difference(inverted):
     assert len(problems["shard-00004"]) == 1 and problems["shard-00004"][0].startswith("cannot read its output: FileNotFoundError")
     assert report.problems == ["1 data file(s) for shards the input does not have: 'shard-00009.parquet'"]
     assert report.summary().startswith("verification FAILED: 5 shards, 17 input records;")
-    assert "8 difference(s)" in report.summary()
+    assert "9 difference(s)" in report.summary()
 
 
 def test_verify_refuses_output_of_another_spec(inverted, tmp_path):
