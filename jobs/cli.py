@@ -11,22 +11,53 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.runner import INVERSION, JobFailed, JobKind, PreflightError, run_job
+from pipeline.secrets import redact_text, spec_secrets
 from pipeline.verify import VerifyError, verify_output
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = """Exit codes: 0 success; 1 the job ran and failed (too many rejects, a shard failed after retries), or
---verify found differences; 2 the spec or its inputs are unusable, detected before any work started and
-with nothing written."""
+--verify found differences; 2 the spec or its inputs are unusable, or another run is writing the output,
+detected before any work started and with nothing written; 130 interrupted (Ctrl-C): committed shards
+are kept, and the same command resumes."""
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything near this size is a mistake or an attack
+MAX_SPEC_VALUES = 100_000  # keys, values and items after aliases are expanded (real specs have hundreds)
+
+
+def _bounded(raw, limit: int) -> bool:
+    """Whether a loaded spec has at most ``limit`` values, counting each use of a YAML alias anew. Aliases
+    are fine for sharing storage_options between sections, but nested ones expand exponentially ("billion
+    laughs"): a few lines become gigabytes once validated or dumped."""
+    stack, seen = [raw], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return False
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
 
 
 def load_spec(path: Path, spec_class: type[BaseModel]) -> BaseModel:
     """Parse and validate a YAML spec. Raises ValueError naming the file and the offending fields."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise ValueError(f"cannot read spec {path}: {e.strerror or e}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise ValueError(f"spec {path} is larger than {MAX_SPEC_BYTES} bytes; a spec is a short YAML file")
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"spec {path} is not UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"spec {path} is not valid YAML: {e}") from None
+        raise ValueError(f"spec {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not _bounded(raw, MAX_SPEC_VALUES):
+        raise ValueError(f"spec {path} expands to more than {MAX_SPEC_VALUES} values (nested YAML aliases?)")
     if not isinstance(raw, dict):
         raise ValueError(f"spec {path} must be a mapping with input, model and output, got {type(raw).__name__}")
     try:
@@ -64,21 +95,26 @@ def main(
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    secrets: set[str] = set()
     try:
         spec = load_spec(args.spec, spec_class)
+        secrets = spec_secrets(spec)
         kind = make_kind()
         if args.verify:
             verified = verify_output(spec, kind)
-            print(verified.summary())
+            print(redact_text(verified.summary(), secrets))
             return EXIT_OK if verified.ok else EXIT_FAILED
         report = run_job(
             spec, kind, overwrite=args.overwrite, show_progress=not args.no_progress, retry_rejects=args.retry_rejects
         )
     except (PreflightError, VerifyError, ValueError) as e:  # found before any work: nothing was written
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e), secrets)}", file=sys.stderr)
         return EXIT_BAD_SPEC
     except JobFailed as e:
-        print(f"job failed: {e}", file=sys.stderr)
+        print(f"job failed: {redact_text(str(e), secrets)}", file=sys.stderr)
         return EXIT_FAILED
-    print(report.summary())
+    except KeyboardInterrupt:
+        print("interrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(redact_text(report.summary(), secrets))
     return EXIT_OK if report.succeeded else EXIT_FAILED

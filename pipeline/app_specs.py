@@ -7,7 +7,7 @@ the Parquet rows, so ``output`` also says how to encode them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -32,7 +32,7 @@ class ImageOutputSpec(OutputSpec):
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the output images.")
     quality: int = Field(95, ge=1, le=100, description="jpeg and webp quality (png is lossless).")
     contact_sheet_rows: int = Field(
-        32, ge=0, description="Rows (records) of _contact_sheet.png, inputs beside outputs; 0: no sheet."
+        32, ge=0, le=10_000, description="Rows (records) of _contact_sheet.png, inputs beside outputs; 0: no sheet."
     )
 
 
@@ -46,12 +46,12 @@ class RestoreTaskSpec(_Strict):
         "images, upsampled bilinearly to the model's size). true: the inputs are clean images; each is degraded "
         "as the task's training did (seeded by its key), restored, and scored by PSNR and SSIM against itself.",
     )
-    seed: int = Field(0, description="evaluate: seed of the degradations (each record's is derived from its key).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="evaluate: seed of the degradations (each record's is derived from its key).")
     factor: int | None = Field(
-        None, ge=1, description="super_resolution with evaluate: the downsampling factor (official models: 1-32)."
+        None, ge=1, le=1024, description="super_resolution with evaluate: the downsampling factor (official models: 1-32)."
     )
     noise: Literal["gaussian", "salt_and_pepper"] = Field("gaussian", description="denoise with evaluate: the noise.")
-    variance: float = Field(0.01, gt=0, description="denoise with evaluate: Gaussian noise variance (of [0, 1] images).")
+    variance: float = Field(0.01, gt=0, le=100, description="denoise with evaluate: Gaussian noise variance (of [0, 1] images).")
     amount: float = Field(0.05, gt=0, le=1, description="denoise with evaluate: fraction of salt-and-pepper values.")
     grey_weights: Literal["official", "bt601"] = Field(
         "official",
@@ -141,12 +141,13 @@ class EditSectionSpec(_Strict):
         None, description="direction: a .npy or .pt file holding one [style_dim] or [num_ws, style_dim] direction."
     )
     direction_storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for direction.")
-    strengths: list[float] = Field(
+    strengths: list[Annotated[float, Field(ge=-1e4, le=1e4)]] = Field(
         [-40, -30, -20, -10, -5, 0, 10, 20, 30, 40],
         min_length=1,
+        max_length=1000,
         description="direction: the multiples of the direction to add (one output image each; the official values).",
     )
-    layers: list[int] | None = Field(
+    layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
         None,
         description="W+ layers the edit changes. direction: default 0-7 (the official edits); mixing: the layers "
         "taken from the style, default 10 to the last (the official default).",
@@ -158,7 +159,7 @@ class EditSectionSpec(_Strict):
         default_factory=list,
         description="interpolation: [start key, end key] pairs; face_swap: [source key, target key] pairs.",
     )
-    steps: int = Field(5, ge=0, description="interpolation: codes between the two ends (the official default 5).")
+    steps: int = Field(5, ge=0, le=1000, description="interpolation: codes between the two ends (the official default 5).")
     paste_fraction: float = Field(
         0.5, gt=0, le=1, description="face_swap: side of the pasted central box, as a fraction of the image side."
     )
@@ -193,8 +194,6 @@ class EditSpec(JobSpec):
     def _face_swap_needs_images(self) -> "EditSpec":
         if self.edit.kind == "face_swap" and self.input.latents is not None:
             raise ValueError("edit.kind face_swap pastes image parts, so it needs input.uri (images), not input.latents")
-        if self.input.latents is not None and self.input.latents.rstrip("/") == self.output.uri.rstrip("/"):
-            raise ValueError("output.uri must differ from input.latents")
         return self
 
     def fingerprint_sections(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 
 from operators.edits import paste_center
 from pipeline.decode import read_and_decode, read_records
+from pipeline.image_formats import DEFAULT_FORMATS, extensions
 from pipeline.shards import IMAGE_EXTENSIONS, Shard, shard_inputs
 from pipeline.sink import LATENT_COLUMN, OutputStore, manifest_table
 from pipeline.storage import filesystem
@@ -29,6 +30,7 @@ from pipeline.task_inputs import contact_sheet, degrade, encode_image, segmentat
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 PREVIEW_COLUMNS = 12  # pictures per contact-sheet row at most
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 1024  # a file name on common file systems; an S3 object key
 # A colour per CelebAMask-HQ class (background black), to show label maps on contact sheets.
 _PALETTE = np.array(
     [[0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
@@ -52,6 +54,27 @@ def image_name(key: str, variant: str, image_format: str) -> str:
     return f"{safe_name(stem)}{suffix}.{EXTENSIONS[image_format]}"
 
 
+def unwritable_names(
+    rows: list, names: list[str], keys: list[str], taken: set[str], folder_bytes: int
+) -> dict[int, str]:
+    """Records (by index) whose output images cannot be written, and why: a name too long for file
+    systems (255 bytes a name) or object stores (1024 bytes a key), or one that another record's output
+    already has (keys that differ only in characters the names replace). The first record keeps a name."""
+    owner: dict[str, int] = {name: -1 for name in taken}
+    problems: dict[int, str] = {}
+    for (r, _, _), name in zip(rows, names):
+        if r in problems:
+            continue
+        longest = max(len(part.encode()) for part in name.split("/"))
+        if longest > MAX_NAME_BYTES or folder_bytes + 1 + len(name.encode()) > MAX_PATH_BYTES:
+            problems[r] = (f"output name {name[:60]!r}... is too long ({longest} bytes in one name, at most "
+                           f"{MAX_NAME_BYTES}; {folder_bytes + 1 + len(name.encode())} in the path, at most {MAX_PATH_BYTES})")
+        elif owner.setdefault(name, r) != r:
+            other = "a record committed earlier" if owner[name] < 0 else f"record {keys[owner[name]]!r}"
+            problems[r] = f"output name {name!r} is also that of {other} (keys differ only in characters the names replace)"
+    return problems
+
+
 def _meta(keys, sources, rejects, rows, previews) -> dict:
     return {"keys": keys, "sources": sources, "rejects": rejects, "rows": rows, "previews": previews}
 
@@ -66,6 +89,7 @@ def _decode(shard: Shard, size: int, input_spec: Mapping[str, Any], only, resize
         input_spec["image_column"],
         input_spec["key_column"],
         only,
+        tuple(input_spec.get("formats", DEFAULT_FORMATS)),
     )
 
 
@@ -113,16 +137,18 @@ class PrepareTranslate:
         if only is not None and shard.format == "images":
             shard = dataclasses.replace(shard, records=tuple(r for r in shard.records if r.key in only))
         keys, sources, rejects, inputs = [], [], [], []
-        for key, source, blob in read_records(shard, spec["storage_options"], spec["image_column"], spec["key_column"]):
+        formats = tuple(spec.get("formats", DEFAULT_FORMATS))
+        records = read_records(shard, spec["storage_options"], spec["image_column"], spec["key_column"], extensions(formats))
+        for key, source, blob in records:
             if only is not None and key not in only:
                 continue
             try:
                 if isinstance(blob, BaseException):
                     raise ValueError(str(blob))
                 if self.task == "sketch_to_face":
-                    x = sketch_input(blob, self.size)
+                    x = sketch_input(blob, self.size, formats)
                 else:
-                    x = segmentation_input(blob, self.size, self.channels)
+                    x = segmentation_input(blob, self.size, self.channels, formats)
             except Exception as e:  # PIL raises many types for bad data
                 message = str(e) if isinstance(e, ValueError) else f"cannot decode: {type(e).__name__}: {e}"
                 rejects.append((key, source, message))
@@ -284,42 +310,45 @@ class WriteImages:
     preview_rows: int
 
     def __call__(self, store: OutputStore, shard: Shard, meta: dict, result: dict, started: float, retry: bool) -> dict:
-        rows = meta["rows"]
-        names = [image_name(meta["keys"][r], variant, self.image_format) for r, variant, _ in rows]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{shard.name}: two outputs would share an image name; keys differ only in characters "
-                             "outside letters, digits and ._=+-")
-        store.write_images(
-            shard.name, {n: encode_image(image, self.image_format, self.quality) for n, image in zip(names, result["images"])}
-        )
+        keys, sources = meta["keys"], meta["sources"]
+        names = [image_name(keys[r], variant, self.image_format) for r, variant, _ in meta["rows"]]
+        taken = set()
+        if retry:  # recovered records must not take the names of the shard's committed images
+            prefix = store.image_uri(shard.name, "")
+            taken = {uri[len(prefix) :] for uri in store.read_latents(shard.name).column("image").to_pylist()}
+        unwritable = unwritable_names(meta["rows"], names, keys, taken, len(store.images_dir(shard.name).encode()))
+        rejects = meta["rejects"] + [(keys[r], sources[r], reason) for r, reason in sorted(unwritable.items())]
+        kept = [i for i, (r, _, _) in enumerate(meta["rows"]) if r not in unwritable]
+        rows = [meta["rows"][i] for i in kept]
+        names = [names[i] for i in kept]
+        images = result["images"][kept]
         columns = {
             "task": ([self.task] * len(rows), pa.string()),
             "params": ([json.dumps(p, sort_keys=True) for _, _, p in rows], pa.string()),
             "image": ([store.image_uri(shard.name, n) for n in names], pa.string()),
         }
         for metric, values in result.get("metrics", {}).items():
-            columns[metric] = (list(map(float, values)), pa.float64())
+            columns[metric] = ([float(values[i]) for i in kept], pa.float64())
         table = manifest_table(
-            [meta["keys"][r] for r, _, _ in rows],
-            [meta["sources"][r] for r, _, _ in rows],
-            result["codes"],
+            [keys[r] for r, _, _ in rows],
+            [sources[r] for r, _, _ in rows],
+            result["codes"][kept],
             dict(self.provenance, shard=shard.name),
             self.latent_dtype,
             columns,
         )
+        encoded = {n: encode_image(image, self.image_format, self.quality) for n, image in zip(names, images)}
         if retry:
-            return store.retry_rejects(shard.name, table, meta["rejects"], self.row_group_size, started)
-        preview = self._preview(meta, result["images"])
-        if preview:
-            store.write_preview(shard.name, contact_sheet(preview))
+            return store.retry_rejects(shard.name, table, rejects, self.row_group_size, started, images=encoded)
+        preview = self._preview(meta, rows, images)
         return store.write_shard(
-            shard.name, table, meta["rejects"], self.row_group_size, started, shard_inputs(shard),
-            extra={"preview_rows": len(preview)},
+            shard.name, table, rejects, self.row_group_size, started, shard_inputs(shard),
+            extra={"preview_rows": len(preview)}, images=encoded, preview=contact_sheet(preview) if preview else None,
         )
 
-    def _preview(self, meta: dict, images: np.ndarray) -> list[list[np.ndarray]]:
+    def _preview(self, meta: dict, rows: list, images: np.ndarray) -> list[list[np.ndarray]]:
         outputs: dict[int, list[np.ndarray]] = {}
-        for (r, _, _), image in zip(meta["rows"], images):
+        for (r, _, _), image in zip(rows, images):
             if r < self.preview_rows:
                 outputs.setdefault(r, []).append(image)
         previews = meta["previews"]

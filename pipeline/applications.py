@@ -19,6 +19,7 @@ from pipeline.app_specs import TASK_DATASET_TYPES, EditSpec, RestoreSpec, Transl
 from pipeline.app_tasks import PrepareEdit, PrepareRestore, PrepareTranslate, WriteImages
 from pipeline.decode import read_records
 from pipeline.runner import JobKind, Plan, PreflightError, Work
+from pipeline.secrets import redact_uri
 from pipeline.shards import Shard, list_shards
 from pipeline.sink import OutputStore
 from pipeline.storage import filesystem
@@ -39,7 +40,9 @@ def check_task(spec, info, task: str) -> None:
 
 
 def _input_args(spec) -> dict:
-    return spec.input.model_dump(include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column"})
+    return spec.input.model_dump(
+        include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column", "formats"}
+    )
 
 
 def _writer(plan: Plan, task: str) -> WriteImages:
@@ -231,6 +234,15 @@ def key_index(spec: EditSpec, shards: list[Shard]) -> dict[str, Shard]:
                 return pq.read_table(f, columns=["key"]).column("key").to_pylist()
         return [key for key, _, _ in read_records(shard, spec.input.storage_options, spec.input.image_column, spec.input.key_column)]
 
+    index: dict[str, Shard] = {}
     with ThreadPoolExecutor(READERS) as pool:
-        return {key: shard for shard, keys in zip(shards, pool.map(keys_of, shards)) for key in keys}
+        for shard, keys in zip(shards, pool.map(keys_of, shards)):
+            for key in keys:
+                first = index.setdefault(key, shard)
+                if first is not shard:  # a join by key would pair records of different files
+                    raise PreflightError(
+                        f"input: key {key!r} is in both {redact_uri(first.source)} and {redact_uri(shard.source)}; "
+                        "the records an edit names must have unique keys"
+                    )
+    return index
 

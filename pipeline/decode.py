@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import posixpath
 import tarfile
 import zlib
@@ -14,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.image_formats import DEFAULT_FORMATS, extensions, open_image, to_rgb
 from pipeline.shards import IMAGE_EXTENSIONS, Shard
 from pipeline.storage import filesystem
 
@@ -26,27 +26,23 @@ class DecodedShard:
     rejects: list[tuple[str, str, str]] = field(default_factory=list)  # (key, source, error)
 
 
-def decode_image(data: bytes, size: int, resize: bool, convert_to_rgb: bool) -> np.ndarray:
-    """Bytes -> uint8 RGB [size, size, 3]. Raises ValueError with a reason for anything unusable."""
-    if not data:
-        raise ValueError("empty file (0 bytes)")
+def decode_image(
+    data: bytes, size: int, resize: bool, convert_to_rgb: bool, formats: tuple[str, ...] = DEFAULT_FORMATS
+) -> np.ndarray:
+    """Bytes of one of ``formats`` -> uint8 RGB [size, size, 3], as a viewer shows the picture (EXIF
+    orientation applied). Raises ValueError with a reason for anything unusable."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes fully, so truncated files fail here and not later
-            if img.mode != "RGB":
-                if not convert_to_rgb:
-                    raise ValueError(f"image mode is {img.mode}, expected RGB (set input.convert_to_rgb to convert)")
-                img = img.convert("RGB")
-            if img.size != (size, size):
-                if not resize:
-                    raise ValueError(
-                        f"image is {img.size[0]}x{img.size[1]}, expected {size}x{size} (set input.resize to resize)"
-                    )
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+        img = to_rgb(open_image(data, formats), convert_to_rgb)
+        if img.size != (size, size):
+            if not resize:
+                raise ValueError(
+                    f"image is {img.size[0]}x{img.size[1]}, expected {size}x{size} (set input.resize to resize)"
+                )
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
     except ValueError:
         raise
-    except Exception as e:  # PIL raises many types for bad data (UnidentifiedImageError, OSError, SyntaxError...)
+    except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, DecompressionBombError...)
         raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
@@ -59,20 +55,25 @@ def read_and_decode(
     image_column: str = "image",
     key_column: str | None = None,
     only: frozenset[str] | None = None,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
 ) -> DecodedShard:
     """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects)."""
     out = DecodedShard()
     images = []
     if only is not None and shard.format == "images":  # fetch only those files
         shard = dataclasses.replace(shard, records=tuple(r for r in shard.records if r.key in only))
-    records = read_records(shard, storage_options, image_column, key_column) if shard.records or shard.source else ()
+    records = (
+        read_records(shard, storage_options, image_column, key_column, extensions(formats))
+        if shard.records or shard.source
+        else ()
+    )
     for key, source, blob in records:
         if only is not None and key not in only:
             continue
         try:
             if isinstance(blob, BaseException):
                 raise ValueError(str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}")
-            images.append(decode_image(blob, size, resize, convert_to_rgb))
+            images.append(decode_image(blob, size, resize, convert_to_rgb, formats))
         except ValueError as e:
             out.rejects.append((key, source, str(e)))
             continue
@@ -86,13 +87,18 @@ Blob = bytes | BaseException  # a record's bytes, or why they could not be had
 
 
 def read_records(
-    shard: Shard, storage_options: Mapping[str, Any], image_column: str = "image", key_column: str | None = None
+    shard: Shard,
+    storage_options: Mapping[str, Any],
+    image_column: str = "image",
+    key_column: str | None = None,
+    image_extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> Iterator[tuple[str, str, Blob]]:
-    """(key, source, bytes or error) for every record of a shard, in order."""
+    """(key, source, bytes or error) for every record of a shard, in order. A WebDataset sample's image is
+    its first member with one of ``image_extensions``."""
     if shard.format == "images":
         return _image_records(shard, storage_options)
     if shard.format == "webdataset":
-        return _tar_records(shard, storage_options)
+        return _tar_records(shard, storage_options, image_extensions)
     return _parquet_records(shard, storage_options, image_column, key_column)
 
 
@@ -115,10 +121,14 @@ def _cat_one(fs, path: str) -> Blob:
         return e
 
 
-def _tar_records(shard: Shard, storage_options: Mapping[str, Any]) -> Iterator[tuple[str, str, Blob]]:
+def _tar_records(
+    shard: Shard, storage_options: Mapping[str, Any], image_extensions: tuple[str, ...]
+) -> Iterator[tuple[str, str, Blob]]:
     """WebDataset: members sharing a key (the path up to the first dot of the file name) form a sample;
-    its first member with an image extension is the image."""
+    its first member with an image extension is the image. A record's key is the tar file's key (its path
+    in the input), a slash, and the sample's key, so equal sample keys in two tars stay two records."""
     fs, path = filesystem(shard.source, storage_options)
+    prefix = shard.key or posixpath.basename(path)
     samples: dict[str, tuple[str, bytes] | None] = {}
     broken = None
     try:
@@ -130,20 +140,21 @@ def _tar_records(shard: Shard, storage_options: Mapping[str, Any]) -> Iterator[t
                     continue
                 stem, _, extension = base.partition(".")
                 key = posixpath.join(posixpath.dirname(name), stem)
-                if samples.get(key) is None and f".{extension.lower()}" in IMAGE_EXTENSIONS:
+                if samples.get(key) is None and f".{extension.lower()}" in image_extensions:
                     samples[key] = (name, tar.extractfile(member).read())
                 else:
                     samples.setdefault(key, None)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         broken = e
-    for key, found in samples.items():
+    for sample, found in samples.items():
+        key = f"{prefix}/{sample}"
         if found is None:
-            yield key, shard.source, ValueError(f"sample has no image member ({', '.join(IMAGE_EXTENSIONS)})")
+            yield key, shard.source, ValueError(f"sample has no image member ({', '.join(image_extensions)})")
         else:
             yield key, f"{shard.source}#{found[0]}", found[1]
     if broken is not None:
         yield (
-            f"{posixpath.basename(path)}#unreadable",
+            f"{prefix}#unreadable",
             shard.source,
             ValueError(f"tar file unreadable after {len(samples)} samples: {type(broken).__name__}: {broken}"),
         )
@@ -153,11 +164,13 @@ def _parquet_records(
     shard: Shard, storage_options: Mapping[str, Any], image_column: str, key_column: str | None
 ) -> Iterator[tuple[str, str, Blob]]:
     """Parquet: image bytes (or a {bytes, path} struct, as Hugging Face datasets store images) per row;
-    the key from ``key_column``, else ``<file name>:<row>``."""
+    the key from ``key_column``, else ``<file's path in the input>:<row>``. A key the file holds twice is
+    a reject naming the row that has it first (``pipeline.runner`` refuses keys repeated across files)."""
     fs, path = filesystem(shard.source, storage_options)
-    base = posixpath.basename(path)
+    base = shard.key or posixpath.basename(path)
     columns = [image_column] + ([key_column] if key_column else [])
     row = 0
+    first_row: dict[str, int] = {}
     with fs.open(path, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=256):
             images = batch.column(image_column).to_pylist()
@@ -167,6 +180,13 @@ def _parquet_records(
                 row += 1
                 if key_column and key is None:
                     yield fallback, shard.source, ValueError(f"{key_column} is null")
+                    continue
+                if key_column and first_row.setdefault(str(key), row - 1) != row - 1:
+                    yield (
+                        fallback,
+                        shard.source,
+                        ValueError(f"{key_column} {str(key)!r} repeats the key of row {first_row[str(key)]}"),
+                    )
                     continue
                 if isinstance(value, dict):
                     value = value.get("bytes")

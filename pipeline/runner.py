@@ -9,18 +9,23 @@ What each step does is the job's ``JobKind.work`` (inversion here; restoration, 
 in ``pipeline.applications``); listing, resume, commit, rejects and retries are shared.
 Preparing runs ahead of the model and writing runs behind it, so neither waits on the other; each
 actor has a second shard queued behind the one it is working on. An actor
-that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a failed
-decode or write task is retried by Ray; a shard is written whole or not at all.
+that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a decode or
+write task whose worker dies is retried by Ray, one that meets a transient storage error retries itself
+with backoff (``pipeline.tasks``); a shard is written whole or not at all.
+
+A run holds the output's lease (``pipeline.lock``) from after preflight to its end, so two runs never
+write one output; it removes only files the job recorded writing (``pipeline.sink``), and nothing at all
+before its engine is built and has passed the accuracy gate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,17 +37,22 @@ from engines.engine import EngineOptions
 from engines.gate import GateThresholds
 from pipeline.decode import read_records
 from pipeline.actors import InferenceActor, InverterFactory, invert_images, prepare_engine
+from pipeline.cluster import start_ray
 from pipeline.shards import InputError, Shard, assign_shards, list_shards
 from pipeline.tasks import DecodeImages, WriteLatents, prepare_task, write_task
+from pipeline.image_formats import extensions
+from pipeline.lock import LockHeld, RunLock
+from pipeline.secrets import redact_text, redact_uri
 from pipeline.sink import OutputStore
 from pipeline.spec import InversionSpec, JobSpec
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, location, overlap
 
 PACKAGE_VERSION = "0.1.0"
 RETRIES = 3
 # A second call waits in the actor's queue, so the model starts the next shard as soon as it finishes
 # one, without a round trip through a driver that may be short of CPU.
 CALLS_PER_ACTOR = 2
+KEY_READERS = 8  # Parquet files whose key column is read at once
 
 
 class PreflightError(ValueError):
@@ -73,9 +83,11 @@ class JobKind:
 
     def list_input(self, spec: JobSpec) -> list[Shard]:
         inp = spec.input
-        shards = list_shards(inp.uri, inp.format, inp.shard_size, inp.storage_options)
+        shards = list_shards(inp.uri, inp.format, inp.shard_size, inp.storage_options, extensions(inp.formats))
         if inp.format == "parquet":
             _check_parquet_columns(shards[0], spec)
+            if inp.key_column:
+                check_unique_keys(shards, inp.storage_options, inp.key_column)
         return shards
 
     def check(self, spec: JobSpec, cfg, info, shards: list[Shard]) -> dict[str, Any]:
@@ -103,7 +115,7 @@ class JobKind:
     def work(self, plan: "Plan") -> Work:
         spec = plan.spec
         input_args = spec.input.model_dump(
-            include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column"}
+            include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column", "formats"}
         )
         return Work(
             prepare=DecodeImages(plan.provenance["image_size"], input_args),
@@ -127,6 +139,9 @@ class Plan:
     retry_rejects: bool = False
     gone: list[str] = dataclasses.field(default_factory=list)  # committed shards whose input is no longer listed
     kind: JobKind = INVERSION
+    overwrite: bool = False  # replace the output (after the engine passed its gate)
+    listing: list[Shard] = dataclasses.field(default_factory=list)  # the input as listed, before assignment
+    matched: tuple[str, ...] = ()  # provenance fields a resumed output must match
 
     @property
     def todo(self) -> list[Shard]:
@@ -157,6 +172,7 @@ class JobReport:
     gone: int = 0  # committed shards whose input is no longer listed (kept as they are)
     verb: str = "inverted"
     contact_sheet: str | None = None
+    cluster: str = ""  # the Ray it ran on
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -174,6 +190,8 @@ class JobReport:
             lines.append(f"contact sheet: {self.contact_sheet}")
         if self.gone:
             lines.append(f"{self.gone} committed shard(s) read input that is no longer listed; their output is kept")
+        if self.cluster:
+            lines.append(f"ray: {self.cluster}")
         if self.message:
             lines.append(self.message)
         return "\n".join(lines)
@@ -186,23 +204,26 @@ def plan_job(
 
     With ``retry_rejects`` the rejected records of committed shards are read and processed again.
     """
+    check_disjoint(spec)
     try:
-        shards = kind.list_input(spec)
+        listing = kind.list_input(spec)
     except PreflightError:
         raise
-    except (ValueError, OSError) as e:
-        raise PreflightError(f"input.uri: {e}") from e
+    except Exception as e:  # unreachable endpoints and missing credentials raise outside OSError too
+        raise PreflightError(f"input.uri: {_reason(e)}") from e
     try:
         model, info = load_e2style(spec.model.checkpoint, spec.model.stages, storage_options=spec.model.storage_options)
         sha = checkpoint_sha256(spec.model.checkpoint, spec.model.storage_options)
     except CheckpointError as e:
         raise PreflightError(f"model.checkpoint: {e}") from e
+    except Exception as e:
+        raise PreflightError(f"model.checkpoint: cannot read {redact_uri(spec.model.checkpoint)}: {_reason(e)}") from e
     cfg = model.config
     del model
-    extra = kind.check(spec, cfg, info, shards)
+    extra = kind.check(spec, cfg, info, listing)
     provenance = {
         "job": kind.name,
-        "checkpoint": spec.model.checkpoint,
+        "checkpoint": redact_uri(spec.model.checkpoint),
         "checkpoint_sha256": sha,
         "stages": cfg.stages,
         "task": info.task,
@@ -219,25 +240,96 @@ def plan_job(
     try:
         store = OutputStore(spec.output.uri, spec.output.storage_options)
         _check_reachable(store)
-        previous = None if overwrite else store.read_job()
-        committed = {} if overwrite else store.committed()
-    except (OSError, PermissionError, ValueError) as e:
-        raise PreflightError(f"output.uri: cannot use {spec.output.uri}: {e}") from e
+    except Exception as e:
+        raise PreflightError(f"output.uri: cannot use {redact_uri(spec.output.uri)}: {_reason(e)}") from e
+    plan = Plan(
+        spec, [], {}, provenance, store, retry_rejects, kind=kind, overwrite=overwrite, listing=listing,
+        matched=("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype", *extra),
+    )
+    return inspect_output(plan)
+
+
+def inspect_output(plan: Plan) -> Plan:
+    """The plan with the output as it is now: its committed shards, and the shards of this run. Refuses
+    output of another job or spec, and paths the run would write that hold files it did not write."""
+    spec, store, provenance = plan.spec, plan.store, plan.provenance
+    try:
+        previous = None if plan.overwrite else store.read_job()
+        committed = store.committed()
+    except Exception as e:
+        raise PreflightError(f"output.uri: cannot use {redact_uri(spec.output.uri)}: {_reason(e)}") from e
     if previous is not None:
-        for field_name in ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype", *extra):
+        for field_name in plan.matched:
             if field_name == "job" and "job" not in previous:  # written before jobs other than inversion
                 continue
             if previous.get(field_name) != provenance[field_name]:
                 raise PreflightError(
-                    f"output.uri: {spec.output.uri} holds output of a different {field_name.replace('_', ' ')} "
+                    f"output.uri: {redact_uri(spec.output.uri)} holds output of a different {field_name.replace('_', ' ')} "
                     f"({previous.get(field_name)!r}, this spec: {provenance[field_name]!r}); "
                     "rerun with --overwrite to replace it, or choose another output.uri"
                 )
+    listing = plan.listing
     try:
-        shards, gone = assign_shards(shards, shards[0].format, getattr(spec.input, "shard_size", 1), committed)
+        shards, gone = assign_shards(
+            listing, listing[0].format, getattr(spec.input, "shard_size", 1), {} if plan.overwrite else committed
+        )
     except InputError as e:
         raise PreflightError(f"input.uri: {e}") from e
-    return Plan(spec, shards, committed, provenance, store, retry_rejects, gone, kind)
+    foreign = store.unowned([s.name for s in shards])
+    if foreign:
+        raise PreflightError(
+            f"output.uri: {len(foreign)} path(s) this run would write hold files it did not write, e.g. "
+            f"{store.fs.unstrip_protocol(foreign[0])}; move them away or choose another output.uri"
+        )
+    return dataclasses.replace(plan, shards=shards, committed={} if plan.overwrite else committed, gone=gone)
+
+
+def check_disjoint(spec: JobSpec) -> None:
+    """Refuse an output that is, holds or lies inside an input: the job would read what it writes, and
+    removing its own files could remove the input."""
+    out = spec.output.uri
+    uris = [] if spec.input.uri is None else [spec.input.uri] if isinstance(spec.input.uri, str) else spec.input.uri
+    inputs = [("input.uri" if len(uris) == 1 else f"input.uri[{i}]", u, spec.input.storage_options) for i, u in enumerate(uris)]
+    if getattr(spec.input, "latents", None):
+        inputs.append(("input.latents", spec.input.latents, spec.input.latents_storage_options))
+    try:
+        where = location(out, spec.output.storage_options)
+    except Exception:  # an unusable output URI is reported when the output is opened
+        return
+    for field_name, uri, options in inputs:
+        try:
+            theirs = location(uri, options)
+        except Exception:  # reported when the input is listed
+            continue
+        if overlap(where, theirs):
+            raise PreflightError(
+                f"output.uri {redact_uri(out)} and {field_name} {redact_uri(uri)} overlap (the same folder, or one "
+                "inside the other); the output must be outside the input and the input outside the output"
+            )
+
+
+def check_unique_keys(shards: list[Shard], storage_options, key_column: str) -> None:
+    """Refuse ``key_column`` values that two Parquet files share, naming both files (a key repeated
+    inside one file is that row's reject)."""
+    def keys_of(shard: Shard) -> list:
+        fs, path = filesystem(shard.source, storage_options)
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=[key_column]).column(key_column).to_pylist()
+
+    owner: dict[str, Shard] = {}
+    with ThreadPoolExecutor(KEY_READERS) as pool:
+        for shard, keys in zip(shards, pool.map(keys_of, shards)):
+            for key in {str(k) for k in keys if k is not None}:
+                first = owner.setdefault(key, shard)
+                if first is not shard:
+                    raise PreflightError(
+                        f"input.key_column: key {key!r} is in both {redact_uri(first.source)} and "
+                        f"{redact_uri(shard.source)}; keys must be unique across the input"
+                    )
+
+
+def _reason(e: BaseException) -> str:
+    return redact_text(f"{type(e).__name__}: {e}" if not isinstance(e, (OSError, ValueError)) or not str(e) else str(e))
 
 
 def _check_parquet_columns(shard: Shard, spec: JobSpec) -> None:
@@ -309,18 +401,8 @@ def _prepare(factory: InverterFactory, res, provenance: dict) -> InverterFactory
     return dataclasses.replace(factory, engine=options)
 
 
-def start_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # A local Ray for this job, on loopback only.
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-
-
-def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobReport:
+def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: RunLock | None = None) -> JobReport:
+    """Run a plan whose output lease is held (``lock``; tests may run a plan without one)."""
     spec, res = plan.spec, plan.spec.resources
     started = time.time()
     todo = [(shard, False) for shard in plan.todo] + [(shard, True) for shard in plan.retries]
@@ -339,59 +421,16 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
             engine=engine_options(spec),
         )
         factory = _prepare(factory, res, plan.provenance)
+    if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
+        plan.store.clear()
     plan.store.write_job(plan.provenance)
-    plan.store.remove_uncommitted()  # partial files of an interrupted run; their shards are redone
+    plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
     stats = dict(plan.committed)
-
     if todo:
-        work = plan.kind.work(plan)
-        actor_cls = ray.remote(InferenceActor).options(
-            num_cpus=res.num_cpus_per_actor,
-            num_gpus=res.num_gpus_per_actor,
-            max_restarts=RETRIES,
-            max_task_retries=RETRIES,
-        )
-        actors = [actor_cls.remote(factory, work.model) for _ in range(res.num_actors)]
-        prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
-        # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
-        # one could wait forever. They are I/O and a light encoding pass.
-        write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
-        in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
-        store_args = (spec.output.uri, dict(spec.output.storage_options))
-        prepare_ref, write_ref = ray.put(work.prepare), ray.put(work.write)
-
-        queue = deque(todo)
-        preparing: deque = deque()
-        calls = {actor: 0 for actor in actors}  # model calls queued on each actor
-        running: dict = {}
-        writing: dict = {}
-        while queue or preparing or running or writing:
-            while queue and len(preparing) + len(running) < in_flight:
-                shard, retry = queue.popleft()
-                meta_ref, payload_ref = prepare.remote(prepare_ref, shard, store_args if retry else None)
-                preparing.append((shard, retry, meta_ref, payload_ref, time.time()))
-            while preparing and min(calls.values()) < CALLS_PER_ACTOR:
-                shard, retry, meta_ref, payload_ref, t0 = preparing.popleft()
-                actor = min(calls, key=calls.get)
-                calls[actor] += 1
-                running[actor.run.remote(payload_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
-            ready, _ = ray.wait([*running, *writing], num_returns=1)
-            for ref in ready:
-                if ref in running:
-                    shard, retry, actor, meta_ref, t0 = running.pop(ref)
-                    calls[actor] -= 1
-                    writing[write.remote(write_ref, store_args, shard, meta_ref, ref, t0, retry)] = shard
-                    continue
-                shard = writing.pop(ref)
-                try:
-                    shard_stats = ray.get(ref)
-                except Exception as e:
-                    raise JobFailed(f"{shard.name} (from {shard.first}) could not be written: {e}") from e
-                stats[shard.name] = shard_stats
-                if progress:
-                    progress(shard_stats)
-        for actor in actors:
-            ray.kill(actor)
+        for shard_stats in _run_shards(plan, todo, factory, lock):
+            stats[shard_stats["shard"]] = shard_stats
+            if progress:
+                progress(shard_stats)
 
     records = sum(s["records"] for s in stats.values())
     rejected = sum(s["rejected"] for s in stats.values())
@@ -400,7 +439,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
     ok = rate <= spec.max_failure_rate
     message = "" if ok else (
         f"too many rejected records: {rate:.2%} > max_failure_rate {spec.max_failure_rate:.2%}; "
-        f"see {spec.output.uri.rstrip('/')}/_rejects/"
+        f"see {redact_uri(spec.output.uri).rstrip('/')}/_rejects/"
     )
     sheet = None
     if ok and len(stats) == len(plan.shards):
@@ -409,7 +448,7 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
             sheet = plan.store.write_contact_sheet(ordered, spec.output.contact_sheet_rows)
         plan.store.write_manifest(plan.provenance, ordered)
     return JobReport(
-        output=spec.output.uri,
+        output=redact_uri(spec.output.uri),
         shards=len(plan.shards),
         shards_skipped=len(plan.committed),
         records=records,
@@ -427,6 +466,88 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None) -> JobR
     )
 
 
+def _run_shards(plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFactory, lock: RunLock | None):
+    """Prepare, run and write every shard of ``todo``; yields each committed shard's stats. Actors and
+    outstanding tasks are ended on every way out, a failure included."""
+    res = plan.spec.resources
+    work = plan.kind.work(plan)
+    actor_cls = ray.remote(InferenceActor).options(
+        num_cpus=res.num_cpus_per_actor,
+        num_gpus=res.num_gpus_per_actor,
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
+    )
+    prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
+    # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
+    # one could wait forever. They are I/O and a light encoding pass.
+    write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
+    in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
+    store_args = plan.store.args
+    actors = [actor_cls.remote(factory, work.model) for _ in range(res.num_actors)]
+    queue = deque(todo)
+    preparing: deque = deque()
+    calls = {actor: 0 for actor in actors}  # model calls queued on each actor
+    running: dict = {}
+    writing: dict = {}
+    try:
+        prepare_ref, write_ref = ray.put(work.prepare), ray.put(work.write)
+        while queue or preparing or running or writing:
+            if lock is not None and lock.lost:
+                raise JobFailed(lock.lost)
+            while queue and len(preparing) + len(running) < in_flight:
+                shard, retry = queue.popleft()
+                meta_ref, payload_ref = prepare.remote(prepare_ref, shard, store_args if retry else None)
+                preparing.append((shard, retry, meta_ref, payload_ref, time.time()))
+            while preparing and min(calls.values()) < CALLS_PER_ACTOR:
+                shard, retry, meta_ref, payload_ref, t0 = preparing.popleft()
+                actor = min(calls, key=calls.get)
+                calls[actor] += 1
+                running[actor.run.remote(payload_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
+            ready, _ = ray.wait([*running, *writing], num_returns=1, timeout=LEASE_CHECK_S)
+            for ref in ready:
+                if ref in running:
+                    shard, retry, actor, meta_ref, t0 = running.pop(ref)
+                    calls[actor] -= 1
+                    writing[write.remote(write_ref, store_args, shard, meta_ref, ref, t0, retry)] = (shard, meta_ref, ref)
+                    continue
+                shard, meta_ref, model_ref = writing.pop(ref)
+                try:
+                    shard_stats = ray.get(ref)
+                except Exception as e:
+                    step, cause = _failed_step(meta_ref, model_ref, e)
+                    why = redact_text(f"{type(cause).__name__}: {cause}")
+                    raise JobFailed(f"{shard.name} (from {shard.first}) could not be {step}: {why}") from e
+                yield shard_stats
+    finally:
+        for _, _, meta_ref, payload_ref, _ in preparing:
+            ray.cancel(meta_ref)
+        for actor in actors:
+            ray.kill(actor)
+
+
+LEASE_CHECK_S = 5.0  # how often a run waiting on Ray looks whether it still holds the output's lease
+
+
+def _failed_step(meta_ref, model_ref, error: Exception) -> tuple[str, BaseException]:
+    """Which step of a shard failed (a write task also fails when the step before it did), and why."""
+    for step, ref in (("read and prepared", meta_ref), ("run through the model", model_ref)):
+        try:
+            ray.get(ref)
+        except Exception as e:
+            return step, getattr(e, "cause", None) or e
+    return "written", getattr(error, "cause", None) or error
+
+
+def take_lease(plan: Plan) -> RunLock:
+    """The output's lease, or PreflightError naming the run that holds it or why it cannot be written."""
+    try:
+        return RunLock.acquire(plan.store.fs, plan.store.root)
+    except LockHeld as e:
+        raise PreflightError(f"output.uri: {redact_uri(plan.spec.output.uri)}: {e}") from None
+    except Exception as e:
+        raise PreflightError(f"output.uri: cannot write to {redact_uri(plan.spec.output.uri)}: {_reason(e)}") from e
+
+
 def run_job(
     spec: JobSpec,
     kind: JobKind = INVERSION,
@@ -435,16 +556,20 @@ def run_job(
     retry_rejects: bool = False,
 ) -> JobReport:
     plan = plan_job(spec, overwrite=overwrite, retry_rejects=retry_rejects, kind=kind)
-    start_ray(spec.ray_address)
-    if overwrite:
-        _check_cluster_fits(spec.resources)  # refuse before deleting anything
-        plan.store.clear()
-    bar = ProgressBar(plan) if show_progress else None
+    lock = take_lease(plan)
+    bar = None
     try:
-        return run_plan(plan, progress=bar.update_shard if bar else None)
+        # Read the output again under the lease: another run may have committed shards since preflight.
+        plan = inspect_output(dataclasses.replace(plan, store=OutputStore(spec.output.uri, spec.output.storage_options, lock.fence())))
+        lock.start_heartbeat()
+        cluster = start_ray(spec.ray_address)
+        bar = ProgressBar(plan) if show_progress else None
+        report = run_plan(plan, progress=bar.update_shard if bar else None, lock=lock)
+        return dataclasses.replace(report, cluster=cluster)
     finally:
         if bar:
             bar.close()
+        lock.release()
 
 
 def run_inversion(

@@ -8,10 +8,11 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from pipeline.storage import filesystem
+from pipeline.image_formats import extensions
+from pipeline.secrets import redact_uri
+from pipeline.storage import filesystem, is_glob, is_local, static_prefix
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-_GLOB_CHARS = "*?["
+IMAGE_EXTENSIONS = extensions()
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Shard:
     source: str = ""
     size: int = 0  # bytes of ``source``
     version: str = ""  # of ``source``: its ETag on object stores, its modification time on disks
+    # webdataset / parquet: ``source``'s path relative to the input folder. It starts every record key of
+    # the file, so that two files holding the same sample key or row give two keys.
+    key: str = ""
 
     @property
     def name(self) -> str:
@@ -38,42 +42,39 @@ class Shard:
     @property
     def first(self) -> str:
         """The shard's first key or its file, to name it in messages."""
-        return self.records[0].key if self.records else self.source
+        return self.records[0].key if self.records else redact_uri(self.source)
 
 
 class InputError(ValueError):
     """The input cannot be listed; the message names the URI."""
 
 
-def _static_prefix(pattern: str) -> str:
-    """The folder part of a glob before its first wildcard."""
-    head = pattern
-    for ch in _GLOB_CHARS:
-        head = head.split(ch, 1)[0]
-    return head.rsplit("/", 1)[0] if "/" in head else ""
-
-
 def _list_one(uri: str, storage_options: Mapping[str, Any], extensions: tuple[str, ...]) -> list[Record]:
     fs, path = filesystem(uri, storage_options)
-    fs.invalidate_cache(_static_prefix(path) if any(ch in path for ch in _GLOB_CHARS) else path)  # see new files
+    pattern = is_glob(fs, path)
+    fs.invalidate_cache(static_prefix(path) if pattern else path)  # see new files
     try:
-        if any(ch in path for ch in _GLOB_CHARS):
-            root = _static_prefix(path)
+        if pattern:
+            root = static_prefix(path)
             paths = [p for p in fs.glob(path) if not fs.isdir(p)]
+            if not paths:
+                raise InputError(f"input {redact_uri(uri)} matches no files")
         elif fs.isdir(path):
             root = path.rstrip("/")
             paths = [p for p in fs.find(path) if p.lower().endswith(extensions)]
         elif fs.exists(path):
             root, paths = posixpath.dirname(path.rstrip("/")), [path]
         else:
-            raise InputError(f"input {uri} does not exist")
+            raise InputError(f"input {redact_uri(uri)} does not exist")
     except InputError:
         raise
     except (OSError, PermissionError) as e:
-        raise InputError(f"cannot list input {uri}: {e}") from e
+        raise InputError(f"cannot list input {redact_uri(uri)}: {e}") from e
     records = []
     for p in paths:
-        key = posixpath.relpath(p, root) if root else p
+        # A URL's query (a presigned signature) is how to read the file, not part of its name.
+        named, base = (p, root) if is_local(fs) else (p.split("?", 1)[0], root.split("?", 1)[0])
+        key = posixpath.relpath(named, base) if base else named
         records.append(Record(key=key, uri=fs.unstrip_protocol(p)))
     return records
 
@@ -84,11 +85,13 @@ def _list_files(uris: str | list[str], storage_options: Mapping[str, Any], exten
         for record in _list_one(uri, storage_options, extensions):
             if record.key in records and records[record.key].uri != record.uri:
                 raise InputError(
-                    f"two input files have the key {record.key!r}: {records[record.key].uri} and {record.uri}"
+                    f"two input files have the key {record.key!r}: {redact_uri(records[record.key].uri)} "
+                    f"and {redact_uri(record.uri)}"
                 )
             records[record.key] = record
     if not records:
-        raise InputError(f"no {', '.join(extensions)} files found under {uris}")
+        shown = redact_uri(uris) if isinstance(uris, str) else [redact_uri(u) for u in uris]
+        raise InputError(f"no {', '.join(extensions)} files found under {shown}")
     return [records[k] for k in sorted(records)]
 
 
@@ -96,7 +99,7 @@ def shard_inputs(shard: Shard) -> dict:
     """What a shard read, recorded in its stats so that later runs know which input is already done."""
     if shard.format == "images":
         return {"inputs": [r.key for r in shard.records]}
-    return {"source": shard.source, "size": shard.size, "version": shard.version}
+    return {"source": redact_uri(shard.source), "key": shard.key, "size": shard.size, "version": shard.version}
 
 
 def assign_shards(
@@ -124,7 +127,7 @@ def assign_shards(
         indices = _free_indices({s.index for s in shards})
         shards += [Shard(index=next(indices), format=format, records=g) for g in groups]
         return sorted(shards, key=lambda s: s.index), gone
-    by_source = {shard.source: shard for shard in listing}
+    by_source = {redact_uri(shard.source): shard for shard in listing}
     for name, stats in sorted(committed.items()):
         source = _recorded(name, stats, "source")
         current = by_source.get(source)
@@ -132,16 +135,24 @@ def assign_shards(
             gone.append(name)
         elif (current.size, current.version) != (stats.get("size"), stats.get("version")):
             raise InputError(
-                f"{source} changed after it was committed as {name} ({stats.get('size')} bytes, version "
+                f"{redact_uri(source)} changed after it was committed as {name} ({stats.get('size')} bytes, version "
                 f"{stats.get('version')} then; {current.size} bytes, version {current.version} now); "
                 "write to a new output.uri or rerun with --overwrite"
             )
         covered.add(source)
+        key = stats.get("key", posixpath.basename(source))  # stats written before keys had the file's path
         shards.append(
-            Shard(index=_index(name), format=format, source=source, size=stats.get("size", 0), version=stats.get("version", ""))
+            Shard(
+                index=_index(name),
+                format=format,
+                source=current.source if current else source,
+                size=stats.get("size", 0),
+                version=stats.get("version", ""),
+                key=key,
+            )
         )
     indices = _free_indices({s.index for s in shards})
-    fresh = [s for s in listing if s.source not in covered]
+    fresh = [s for s in listing if redact_uri(s.source) not in covered]
     shards += [dataclasses.replace(s, index=next(indices)) for s in fresh]
     return sorted(shards, key=lambda s: s.index), gone
 
@@ -165,15 +176,19 @@ def _recorded(name: str, stats: Mapping[str, Any], field: str) -> Any:
 
 
 def list_shards(
-    uris: str | list[str], format: str, shard_size: int, storage_options: Mapping[str, Any]
+    uris: str | list[str],
+    format: str,
+    shard_size: int,
+    storage_options: Mapping[str, Any],
+    image_extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> list[Shard]:
-    """The input as shards, in sorted order.
+    """The input as shards, in sorted order; image files are those with ``image_extensions``.
 
     images: every image file, cut into groups of ``shard_size``. webdataset: one shard per .tar file.
     parquet: one shard per .parquet file.
     """
     if format == "images":
-        ordered = _list_files(uris, storage_options, IMAGE_EXTENSIONS)
+        ordered = _list_files(uris, storage_options, image_extensions)
         return [
             Shard(index=i, format=format, records=tuple(ordered[start : start + shard_size]))
             for i, start in enumerate(range(0, len(ordered), shard_size))
@@ -187,5 +202,7 @@ def list_shards(
         fs, path = filesystem(record.uri, storage_options)
         info = fs.info(path)
         version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-        shards.append(Shard(index=i, format=format, source=record.uri, size=int(info.get("size") or 0), version=str(version)))
+        shards.append(
+            Shard(index=i, format=format, source=record.uri, size=int(info.get("size") or 0), version=str(version), key=record.key)
+        )
     return shards

@@ -6,8 +6,10 @@ the folder as a dataset yields the latents only):
     shard-00000.parquet          key, source, w_plus (fixed_shape_tensor [num_ws, style_dim])
     _rejects/shard-00000.parquet key, source, error   (only for shards with rejected records)
     _stats/shard-00000.json      written last: the shard is committed once this exists
+    _files/shard-00000.json      every file the shard's writes create, recorded before the first of them
     _job.json                    what produced the output (checked on resume)
     _manifest.json               written when every shard is committed and the job succeeded
+    _lock/                       the running job's lease (pipeline.lock)
     _engines/                    exported graphs and TensorRT plans (engines.cache), unless engine.cache_uri
 
 Jobs that make images (restoration, translation, editing) add, per shard, before its stats:
@@ -16,13 +18,17 @@ Jobs that make images (restoration, translation, editing) add, per shard, before
     _previews/shard-00000.png    the shard's first records, inputs beside outputs
     _contact_sheet.png           the first previews stacked, written when the job succeeds
 
-A retry of a shard's rejects removes its stats first, replaces its files, then writes new stats.
+The job owns only what it wrote: cleaning up after an interrupted run and ``--overwrite`` remove the
+files named by ``_files`` records (and by the stats of shards committed before those records existed),
+never a file merely because its name looks like the job's. A retry of a shard's rejects removes its
+stats first, replaces its files, then writes new stats.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -32,7 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.storage import filesystem, join, write_atomically
+from pipeline.lock import check_fence
+from pipeline.secrets import redact_text, redact_uri
+from pipeline.storage import filesystem, is_local, join, with_retries, write_atomically
 
 LATENT_COLUMN = "w_plus"
 PREVIEW_TILE, PREVIEW_GAP = 128, 4  # pixels of a contact sheet's pictures and the space between them
@@ -71,6 +79,7 @@ def latent_table(
     latents = pa.ExtensionArray.from_storage(
         tensor_type, pa.FixedSizeListArray.from_arrays(flat, codes.shape[1] * codes.shape[2])
     )
+    sources = [redact_uri(source) for source in sources]
     return pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(sources, pa.string()), latents], schema=schema)
 
 
@@ -93,9 +102,15 @@ def manifest_table(
 class OutputStore:
     uri: str
     storage_options: Mapping[str, Any]
+    fence: tuple[str, str] | None = None  # the run's lease (lock.RunLock.fence), checked before each commit
 
     def __post_init__(self):
         self.fs, self.root = filesystem(self.uri, self.storage_options)
+
+    @property
+    def args(self) -> tuple:
+        """What rebuilds this store in another process."""
+        return self.uri, dict(self.storage_options), self.fence
 
     def data_path(self, shard: str) -> str:
         return join(self.root, f"{shard}.parquet")
@@ -118,12 +133,15 @@ class OutputStore:
     def tmp_dir(self) -> str:
         return join(self.root, "_tmp")
 
+    def files_path(self, shard: str) -> str:
+        return join(self.root, "_files", f"{shard}.json")
+
     def images_dir(self, shard: str) -> str:
         return join(self.root, "images", shard)
 
     def image_uri(self, shard: str, name: str) -> str:
         """The URI a shard's image ``name`` gets (as written in the rows' ``image`` column)."""
-        return join(self.uri, "images", shard, name)
+        return join(redact_uri(self.uri), "images", shard, name)
 
     def preview_path(self, shard: str) -> str:
         return join(self.root, "_previews", f"{shard}.png")
@@ -132,18 +150,14 @@ class OutputStore:
     def contact_sheet_path(self) -> str:
         return join(self.root, "_contact_sheet.png")
 
-    def write_images(self, shard: str, images: Mapping[str, bytes]) -> None:
+    def _write_images(self, shard: str, images: Mapping[str, bytes]) -> None:
         """Write encoded images under images/<shard>/. They count only once the shard's stats exist, so
-        they are written in place: a crash leaves files the next run deletes and writes again."""
+        they are written in place: a crash leaves files that its ``_files`` record names for removal."""
         paths = {join(self.images_dir(shard), name): data for name, data in images.items()}
         for parent in sorted({self.fs._parent(p) for p in paths}):
             self.fs.makedirs(parent, exist_ok=True)
         if paths:
             self.fs.pipe(paths)  # object stores upload these concurrently
-
-    def write_preview(self, shard: str, png: bytes) -> None:
-        self.fs.makedirs(self.fs._parent(self.preview_path(shard)), exist_ok=True)
-        self.fs.pipe_file(self.preview_path(shard), png)
 
     def write_contact_sheet(self, stats: list[dict], rows: int) -> str | None:
         """Stack the previews of the shards (in order) until ``rows`` rows; returns the sheet's URI."""
@@ -168,7 +182,7 @@ class OutputStore:
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
         write_atomically(self.fs, self.contact_sheet_path, lambda f: f.write(buffer.getvalue()), self.tmp_dir)
-        return join(self.uri, "_contact_sheet.png")
+        return join(redact_uri(self.uri), "_contact_sheet.png")
 
     def _write_json(self, path: str, value: Any) -> None:
         text = json.dumps(value, indent=2, sort_keys=True).encode()
@@ -215,35 +229,100 @@ class OutputStore:
     def uncommit(self, shard: str) -> None:
         self.fs.rm(self.stats_path(shard))
 
-    def remove_uncommitted(self) -> list[str]:
-        """Delete the files of shards without stats (left by an interrupted run); their names."""
-        committed = set(self.committed())
-        removed = []
-        patterns = (
-            join(self.root, "shard-*.parquet"),
-            join(self.root, "_rejects", "shard-*.parquet"),
-            join(self.root, "_previews", "shard-*.png"),
-            join(self.root, "images", "shard-*"),
-        )
-        for pattern in patterns:
-            for path in self.fs.glob(pattern):
-                name = path.rsplit("/", 1)[-1].split(".", 1)[0]
-                if name not in committed:
-                    self.fs.rm(path, recursive=True)
-                    removed.append(name)
-        return sorted(set(removed))
+    def owned_files(self, shard: str, stats: Mapping[str, Any] | None = None) -> list[str]:
+        """Paths (under the root) of the files the job wrote for ``shard``: its ``_files`` record, or for a
+        shard committed before such records existed, what its stats and rows name."""
+        if self.fs.exists(self.files_path(shard)):
+            return list(self._read_json(self.files_path(shard))["files"])
+        if stats is None:
+            return []
+        files = [stats["data_file"]] + ([stats["rejects_file"]] if stats.get("rejects_file") else [])
+        if stats.get("preview_rows"):
+            files.append(f"_previews/{shard}.png")
+        if self.fs.exists(self.data_path(shard)):
+            with self.fs.open(self.data_path(shard), "rb") as f:
+                schema = pq.read_schema(f)
+            if "image" in schema.names:
+                with self.fs.open(self.data_path(shard), "rb") as f:
+                    prefix = self.image_uri(shard, "")
+                    files += [
+                        f"images/{shard}/{uri[len(prefix):]}"
+                        for uri in pq.read_table(f, columns=["image"]).column("image").to_pylist()
+                    ]
+        return files
 
-    def clear(self) -> None:
-        """Remove every file this job layout owns (for a deliberate fresh start); other files stay."""
-        owned = [self.job_path, self.manifest_path, self.contact_sheet_path]
-        if self.fs.exists(self.root):
-            owned += [p for p in self.fs.ls(self.root, detail=False) if p.rsplit("/", 1)[-1].startswith("shard-")]
-        for path in owned:
+    def _claim(self, shard: str, files: list[str]) -> None:
+        """Record, before writing any of them, the files a write of ``shard`` creates (kept with what an
+        earlier write recorded, so that cleanup finds every one)."""
+        earlier = self.owned_files(shard)
+        merged = list(dict.fromkeys([*earlier, *files]))
+        if merged != earlier:
+            self._write_json(self.files_path(shard), {"shard": shard, "files": merged})
+
+    def _remove_owned(self, shard: str, stats: Mapping[str, Any] | None) -> None:
+        for relative in self.owned_files(shard, stats):
+            path = join(self.root, relative)
             if self.fs.exists(path):
                 self.fs.rm(path)
-        for folder in ("_stats", "_rejects", "_tmp", "_previews", "images"):
-            if self.fs.exists(join(self.root, folder)):
-                self.fs.rm(join(self.root, folder), recursive=True)
+        if self.fs.exists(self.files_path(shard)):
+            self.fs.rm(self.files_path(shard))
+        self._prune(self.images_dir(shard))
+
+    def _remove_partials(self) -> None:
+        """Temporary files of ``write_atomically`` that a crash left (their names are the job's)."""
+        for path in self.fs.glob(join(self.tmp_dir, "*.partial")):
+            self.fs.rm(path)
+
+    def _prune(self, folder: str) -> None:
+        """Remove the empty folders under and including ``folder`` (disks only: object stores have none)."""
+        if not is_local(self.fs) or not os.path.isdir(folder):
+            return
+        for current, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(current)
+            except OSError:  # not empty: it holds something
+                pass
+
+    def remove_uncommitted(self) -> list[str]:
+        """Delete what the job wrote for shards it did not commit (an interrupted run); their names.
+        Files the job has no record of writing stay, whatever their names."""
+        committed = set(self.committed())
+        folder = join(self.root, "_files")
+        self.fs.invalidate_cache(folder)
+        records = self.fs.glob(join(folder, "shard-*.json"))
+        removed = []
+        for path in records:
+            name = path.rsplit("/", 1)[-1].removesuffix(".json")
+            if name not in committed:
+                self._remove_owned(name, None)
+                removed.append(name)
+        self._remove_partials()
+        return sorted(removed)
+
+    def unowned(self, shards: list[str]) -> list[str]:
+        """Paths the job would write for ``shards`` that hold files it has no record of writing (a user's
+        files): writing there would destroy them."""
+        committed = self.committed()
+        taken = []
+        for shard in shards:
+            if shard in committed or self.fs.exists(self.files_path(shard)):
+                continue
+            for path in (self.data_path(shard), self.rejects_path(shard), self.preview_path(shard), self.images_dir(shard)):
+                if self.fs.exists(path):
+                    taken.append(path)
+        return taken
+
+    def clear(self) -> None:
+        """Remove every file the job wrote (for a deliberate fresh start); files it did not write stay."""
+        for shard, stats in self.committed().items():
+            self._remove_owned(shard, stats)
+            self.fs.rm(self.stats_path(shard))
+        self.remove_uncommitted()
+        for path in (self.job_path, self.manifest_path, self.contact_sheet_path):
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        for folder in ("_stats", "_rejects", "_previews", "_files", "_tmp", "images"):
+            self._prune(join(self.root, folder))
 
     def write_shard(
         self,
@@ -255,12 +334,25 @@ class OutputStore:
         inputs: Mapping[str, Any],
         retries: int = 0,
         extra: Mapping[str, Any] | None = None,
+        images: Mapping[str, bytes] | None = None,
+        preview: bytes | None = None,
     ) -> dict:
-        """Write the shard's rows and rejects, then its stats file, which commits it. Returns the stats.
+        """Write the shard's images, preview, rows and rejects, then its stats file, which commits it.
+        Returns the stats.
 
         ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs. A record may have
         several rows (an edit with several strengths); ``written`` counts records, ``rows`` rows.
+        ``images`` (name under images/<shard>/ -> bytes) and ``preview`` (PNG) are the image jobs'.
         """
+        images = images or {}
+        files = [f"{shard}.parquet", f"_rejects/{shard}.parquet"] + [f"images/{shard}/{name}" for name in images]
+        if preview is not None:
+            files.append(f"_previews/{shard}.png")
+        self._claim(shard, files)
+        self._write_images(shard, images)
+        if preview is not None:
+            write_atomically(self.fs, self.preview_path(shard), lambda f: f.write(preview), self.tmp_dir)
+
         def write_rows(f):
             encodings = {f"{LATENT_COLUMN}.list.element": "BYTE_STREAM_SPLIT"} if LATENT_COLUMN in table.column_names else None
             pq.write_table(
@@ -275,7 +367,7 @@ class OutputStore:
         write_atomically(self.fs, self.data_path(shard), write_rows, self.tmp_dir)
         rejects_file = None
         if rejects:
-            columns = list(zip(*rejects))
+            columns = list(zip(*((key, redact_uri(source), redact_text(error)) for key, source, error in rejects)))
             reject_table = pa.Table.from_arrays([pa.array(list(c), pa.string()) for c in columns], schema=REJECT_SCHEMA)
             write_atomically(self.fs, self.rejects_path(shard), lambda f: pq.write_table(reject_table, f), self.tmp_dir)
             rejects_file = f"_rejects/{shard}.parquet"
@@ -297,6 +389,8 @@ class OutputStore:
         }
         if retries:
             stats["retries"] = retries
+        if self.fence is not None:
+            check_fence(self.fs, self.fence)  # a run whose lease was taken over commits nothing more
         self._write_json(self.stats_path(shard), stats)
         return stats
 
@@ -307,28 +401,33 @@ class OutputStore:
         still_rejected: list[tuple[str, str, str]],
         row_group_size: int,
         started: float,
+        images: Mapping[str, bytes] | None = None,
     ) -> dict:
-        """Recommit a shard with the rows recovered by a retry of its rejects appended to its rows.
+        """Recommit a shard with the rows (and images) recovered by a retry of its rejects appended.
 
-        The shard is uncommitted (its stats removed) before its files are replaced, so a crash part way
-        leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of old
-        and new files. Rejects the retry did not reach keep their earlier error.
+        The shard is uncommitted (its stats removed) before any of its files is replaced, so a crash part
+        way leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of
+        old and new files. Rejects the retry did not reach keep their earlier error.
         """
         previous = self.committed_stats(shard)
         old = self.read_latents(shard)
         retried = set(table.column("key").to_pylist()) | {r[0] for r in still_rejected}
         untouched = [r for r in self.read_rejects(shard) if r[0] not in retried]
         merged = pa.concat_tables([old, table.cast(old.schema)])
+        self._claim(shard, self.owned_files(shard, previous))  # a shard committed before _files records
         self.uncommit(shard)
-        return self.write_shard(
-            shard,
-            merged,
-            still_rejected + untouched,
-            row_group_size,
-            started,
-            {k: previous[k] for k in ("inputs", "source", "size", "version") if k in previous},
-            retries=previous.get("retries", 0) + 1,
-            extra={k: previous[k] for k in ("preview_rows",) if k in previous},
+        return with_retries(  # here, not around the whole retry: a second try would find no stats to read
+            lambda: self.write_shard(
+                shard,
+                merged,
+                still_rejected + untouched,
+                row_group_size,
+                started,
+                {k: previous[k] for k in ("inputs", "source", "key", "size", "version") if k in previous},
+                retries=previous.get("retries", 0) + 1,
+                extra={k: previous[k] for k in ("preview_rows",) if k in previous},
+                images=images,
+            )
         )
 
     def write_manifest(self, provenance: Mapping[str, Any], stats: list[dict]) -> None:

@@ -12,14 +12,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+from pipeline.image_formats import DEFAULT_FORMATS, FORMAT_EXTENSIONS
+from pipeline.secrets import redact_uri
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: every number of a spec is a count, a size, a rate or a threshold.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds far beyond any real cluster, which keep every value usable as an int, a thread count and a
+# Ray resource request.
+MAX_COUNT = 1_000_000
+MAX_CPUS = 1024
+MAX_GPUS = 64
 
 
 StorageOptions = dict[str, Any]
+ImageFormat = Literal[tuple(FORMAT_EXTENSIONS)]  # type: ignore[valid-type]
 
 
 class InputSpec(_Strict):
@@ -33,7 +43,7 @@ class InputSpec(_Strict):
         "For webdataset and parquet each file is a shard.",
     )
     shard_size: int = Field(
-        1000, ge=1, description="images format: files per shard (the sorted file list is cut into groups)."
+        1000, ge=1, le=MAX_COUNT, description="images format: files per shard (the sorted file list is cut into groups)."
     )
     image_column: str = Field(
         "image", description="parquet format: the column of encoded image bytes (or {bytes, path} structs)."
@@ -55,6 +65,13 @@ class InputSpec(_Strict):
         description="fsspec options for the input filesystem, e.g. {endpoint_url: ..., anon: false}. "
         "Credentials may also come from the environment.",
     )
+    formats: list[ImageFormat] = Field(
+        default_factory=lambda: list(DEFAULT_FORMATS),
+        min_length=1,
+        description="Image formats decoded from the input (Pillow names: JPEG, PNG, WEBP, BMP by default; also "
+        "TIFF, GIF, PPM, TGA, JPEG2000). Files of any other format, whatever their extension, are rejects "
+        "naming the real format; formats such as EPS and PDF, which run external programs, are never read.",
+    )
 
 
 class ModelSpec(_Strict):
@@ -73,7 +90,7 @@ class OutputSpec(_Strict):
         "float32", description="Storage type of the W+ codes. float16 halves the size and rounds each value."
     )
     row_group_size: int = Field(
-        2048, ge=1, description="Rows per Parquet row group (a W+ row is 36 KiB in float32)."
+        2048, ge=1, le=MAX_COUNT, description="Rows per Parquet row group (a W+ row is 36 KiB in float32)."
     )
     storage_options: StorageOptions = Field(
         default_factory=dict, description="fsspec options for the output filesystem."
@@ -81,16 +98,19 @@ class OutputSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    num_actors: int = Field(1, ge=1, description="Inference actors, each holding one copy of the model.")
+    num_actors: int = Field(1, ge=1, le=10_000, description="Inference actors, each holding one copy of the model.")
     num_gpus_per_actor: float = Field(
-        0.0, ge=0, description="GPUs reserved per actor; 0 runs the model on CPU."
+        0.0, ge=0, le=MAX_GPUS, description="GPUs reserved per actor; 0 runs the model on CPU."
     )
-    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (also its torch threads).")
-    batch_size: int = Field(32, ge=1, description="Images per model call.")
-    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each shard-decoding task.")
+    num_cpus_per_actor: float = Field(
+        1.0, gt=0, le=MAX_CPUS, description="CPUs reserved per actor (also its torch threads)."
+    )
+    batch_size: int = Field(32, ge=1, le=65_536, description="Images per model call.")
+    decode_cpus: float = Field(1.0, gt=0, le=MAX_CPUS, description="CPUs reserved by each shard-decoding task.")
     shards_in_flight: int = Field(
         0,
         ge=0,
+        le=10_000,
         description="Shards decoding or waiting for an actor at once (their images are held in Ray's object "
         "store); 0 means three per actor.",
     )
@@ -98,14 +118,14 @@ class ResourcesSpec(_Strict):
 
 class GateSpec(_Strict):
     max_wplus_error: float | None = Field(
-        None, gt=0, description="Largest allowed |W+ - W+ of float32 PyTorch| on the gate batch; default by precision "
+        None, gt=0, le=1e6, description="Largest allowed |W+ - W+ of float32 PyTorch| on the gate batch; default by precision "
         "(1e-3 float32, 0.05 float16, 0.1 bfloat16)."
     )
     min_psnr_db: float | None = Field(
-        None, gt=0, description="Smallest allowed reconstruction PSNR against float32 PyTorch; default 60 dB for "
+        None, gt=0, le=1000, description="Smallest allowed reconstruction PSNR against float32 PyTorch; default 60 dB for "
         "float32, 40 dB for reduced precision."
     )
-    batch: int = Field(4, ge=1, description="Images in the fixed gate batch.")
+    batch: int = Field(4, ge=1, le=1024, description="Images in the fixed gate batch.")
 
 
 class EngineSpec(_Strict):
@@ -122,9 +142,9 @@ class EngineSpec(_Strict):
     )
     compile: bool = Field(False, description="torch backend: torch.compile the graphs.")
     cuda_graphs: bool = Field(False, description="torch backend on GPU: compile with CUDA graphs (needs compile).")
-    min_batch: int = Field(1, ge=1, description="tensorrt: smallest batch of the dynamic batch profile.")
+    min_batch: int = Field(1, ge=1, le=65_536, description="tensorrt: smallest batch of the dynamic batch profile.")
     max_batch: int | None = Field(
-        None, ge=1, description="Largest batch an engine runs at once (tensorrt: the profile's maximum); "
+        None, ge=1, le=65_536, description="Largest batch an engine runs at once (tensorrt: the profile's maximum); "
         "default: resources.batch_size. The profile's optimum is resources.batch_size."
     )
     cache_uri: str | None = Field(
@@ -171,24 +191,23 @@ class JobSpec(_Strict):
             raise ValueError("input.uri must name at least one non-empty URI")
         return value
 
-    @model_validator(mode="after")
-    def _distinct_paths(self) -> "JobSpec":
-        uris = [] if self.input.uri is None else [self.input.uri] if isinstance(self.input.uri, str) else self.input.uri
-        out = self.output.uri.rstrip("/")
-        if any(u.rstrip("/") == out for u in uris):
-            raise ValueError("output.uri must differ from input.uri")
-        return self
-
     def output_fingerprint(self) -> str:
         """A hash of everything that decides the output's content (not credentials, not resources)."""
+        # URIs without their query values: a presigned URL's signature changes from run to run, and it
+        # must not be what decides that a rerun resumes the output.
         relevant = {
-            "input": self.input.model_dump(exclude={"storage_options"}),
-            "model": self.model.model_dump(exclude={"storage_options"}),
+            "input": _redact_uris(self.input.model_dump(exclude={"storage_options", *self._default_formats()})),
+            "model": _redact_uris(self.model.model_dump(exclude={"storage_options"})),
             "output": self.output.model_dump(exclude={"storage_options", "uri"}),
             "engine": self.engine.model_dump(include={"backend", "precision"}),
         }
         relevant.update(self.fingerprint_sections())
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def _default_formats(self) -> set[str]:
+        """{"formats"} when the input reads the default formats: outputs written before the field existed
+        keep their fingerprint."""
+        return {"formats"} if tuple(self.input.formats) == DEFAULT_FORMATS else set()
 
     def fingerprint_sections(self) -> dict[str, Any]:
         """A job's own sections that decide its output (none for inversion)."""
@@ -200,12 +219,10 @@ class InversionSpec(JobSpec):
     output: OutputSpec = Field(description="Where the W+ codes go.")
 
 
-def redact(value: Any) -> Any:
-    """A copy of a spec dump with credential-like values hidden, for logs and error messages."""
-    if isinstance(value, dict):
-        return {
-            k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+def _redact_uris(section: dict[str, Any]) -> dict[str, Any]:
+    def one(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact_uri(value)
+        return [one(v) for v in value] if isinstance(value, list) else value
+
+    return {k: one(v) if k in ("uri", "checkpoint", "latents") else v for k, v in section.items()}

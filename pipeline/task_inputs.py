@@ -24,6 +24,7 @@ from operators.degradations import (
     to_uint8_truncating,
     triangle_mask,
 )
+from pipeline.image_formats import DEFAULT_FORMATS, open_image, to_grey
 from pipeline.sink import PREVIEW_GAP, PREVIEW_TILE
 
 RESTORATION_TASKS = ("colorization", "denoise", "inpainting", "super_resolution")
@@ -71,26 +72,28 @@ def degrade(task: str, image: np.ndarray, key: str, seed: int, **params) -> np.n
     return out[0].permute(1, 2, 0).numpy()
 
 
-def sketch_input(data: bytes, size: int) -> np.ndarray:
-    """A sketch file -> float32 [1, size, size] in [0, 1] (greyscale, bilinear resize, no normalisation)."""
-    with Image.open(io.BytesIO(data)) as img:
-        grey = img.convert("L")
-        if grey.size != (size, size):
-            grey = grey.resize((size, size), Image.BILINEAR)
-        return (np.asarray(grey, dtype=np.float32) / 255)[None]
+def sketch_input(data: bytes, size: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> np.ndarray:
+    """A sketch file -> float32 [1, size, size] in [0, 1] (greyscale, 16-bit scaled, EXIF orientation
+    applied, bilinear resize, no normalisation)."""
+    grey = to_grey(open_image(data, formats))
+    if grey.size != (size, size):
+        grey = grey.resize((size, size), Image.BILINEAR)
+    return (np.asarray(grey, dtype=np.float32) / 255)[None]
 
 
-def segmentation_input(data: bytes, size: int, classes: int = NUM_SEGMENTATION_CLASSES) -> np.ndarray:
+def segmentation_input(
+    data: bytes, size: int, classes: int = NUM_SEGMENTATION_CLASSES, formats: tuple[str, ...] = DEFAULT_FORMATS
+) -> np.ndarray:
     """A label map (class index per pixel) -> float32 one-hot [classes, size, size].
 
-    Resized by nearest neighbour, so no pixel gets a label that is a blend of two others. A label outside
-    0..classes-1 is an error naming it.
+    Resized by nearest neighbour, so no pixel gets a label that is a blend of two others; the values are
+    labels, never rescaled. A label outside 0..classes-1 is an error naming it.
     """
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"a label map must be single-channel (mode L or P), got mode {img.mode}")
-        labels = img if img.size == (size, size) else img.resize((size, size), Image.NEAREST)
-        labels = np.asarray(labels).astype(np.int64)
+    img = open_image(data, formats)
+    if img.mode not in ("L", "P", "I", "I;16"):
+        raise ValueError(f"a label map must be single-channel (mode L or P), got mode {img.mode}")
+    labels = img if img.size == (size, size) else img.resize((size, size), Image.NEAREST)
+    labels = np.asarray(labels).astype(np.int64)
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(f"label map holds label {int(labels.max())}, outside 0..{classes - 1}")
     return (np.arange(classes)[:, None, None] == labels[None]).astype(np.float32)

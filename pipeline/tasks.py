@@ -11,20 +11,25 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.decode import read_and_decode
+from pipeline.image_formats import DEFAULT_FORMATS
 from pipeline.shards import Shard, shard_inputs
 from pipeline.sink import OutputStore, latent_table
+from pipeline.storage import with_retries
 
 
 def prepare_task(prepare: Callable, shard: Shard, retry_from: tuple | None) -> tuple[dict, Any]:
     """Prepare the shard, or with ``retry_from`` (an output store) only the records it rejected."""
-    only = frozenset(r[0] for r in OutputStore(*retry_from).read_rejects(shard.name)) if retry_from else None
-    return prepare(shard, only)
+    def step():
+        only = frozenset(r[0] for r in OutputStore(*retry_from).read_rejects(shard.name)) if retry_from else None
+        return prepare(shard, only)
+
+    return with_retries(step)
 
 
 def write_task(
     write: Callable, store_args: tuple, shard: Shard, meta: dict, result: Any, started: float, retry: bool
 ) -> dict:
-    return write(OutputStore(*store_args), shard, meta, result, started, retry)
+    return with_retries(lambda: write(OutputStore(*store_args), shard, meta, result, started, retry))
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class DecodeImages:
             spec["image_column"],
             spec["key_column"],
             only,
+            tuple(spec.get("formats", DEFAULT_FORMATS)),
         )
         return {"keys": decoded.keys, "sources": decoded.sources, "rejects": decoded.rejects}, decoded.images
 

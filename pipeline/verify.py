@@ -33,6 +33,7 @@ class ShardCheck:
     written: int = 0  # rows in the latents
     rejected: int = 0  # rows in the rejects
     problems: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set, repr=False)  # every key its output holds, to find repeats across shards
 
 
 @dataclass
@@ -127,6 +128,14 @@ def check_shard(
         check.problems += _check_images(store, shard.name, table.column("image").to_pylist())
 
     seen = Counter(written) + Counter(rejected)
+    check.keys = set(seen)
+    sources = table.column("source").to_pylist()
+    by_key: dict[str, set[str]] = {}
+    for key, source in zip(rows, sources):
+        by_key.setdefault(key, set()).add(source)
+    clashing = sorted(k for k, found in by_key.items() if len(found) > 1)
+    if clashing:
+        check.problems.append(f"{len(clashing)} key(s) with rows from more than one source: {_quote(clashing)}")
     expected_set = set(expected or ())
     missing = [k for k in expected if k not in seen] if expected is not None else []
     unexpected = [k for k in seen if k not in expected_set] if expected is not None else []
@@ -195,12 +204,26 @@ def verify_output(spec: JobSpec, kind: JobKind = INVERSION) -> VerifyReport:
 
     names = {s.name for s in shards}
     problems = []
+    holders: dict[str, list[str]] = {}
+    for check in checks:
+        for key in check.keys:
+            holders.setdefault(key, []).append(check.shard)
+    repeated = sorted(k for k, where in holders.items() if len(where) > 1)
+    if repeated:
+        k = repeated[0]
+        problems.append(
+            f"{len(repeated)} key(s) in more than one shard: {_quote(repeated)} ({k!r} is in {', '.join(holders[k])})"
+        )
     stray = sorted(
         p.rsplit("/", 1)[-1]
         for p in store.fs.glob(join(store.root, "shard-*.parquet"))
         if p.rsplit("/", 1)[-1].removesuffix(".parquet") not in names | set(committed)
     )
+    foreign = [name for name in stray if not store.fs.exists(store.files_path(name.removesuffix(".parquet")))]
+    stray = [name for name in stray if name not in foreign]
     if stray:
         problems.append(f"{len(stray)} data file(s) for shards the input does not have: {_quote(stray)}")
     notes = [f"{len(gone)} committed shard(s) read input that is no longer listed: {_quote(gone)}"] if gone else []
+    if foreign:  # not the job's to judge or remove, but a reader of the folder would take them for data
+        notes.append(f"{len(foreign)} file(s) named like data files that the job did not write: {_quote(foreign)}")
     return VerifyReport(spec.output.uri, checks, problems, notes)

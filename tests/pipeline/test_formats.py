@@ -21,11 +21,12 @@ def test_webdataset_samples_are_grouped_by_key(tmp_path):
     shards = list_shards(str(tmp_path), "webdataset", 1000, {})
     assert [s.source for s in shards] == [f"file://{tmp_path}/000.tar", f"file://{tmp_path}/001.tar"]
     decoded = read_and_decode(shards[0], 32, False, False, {})
-    assert decoded.keys == ["s/001", "s/004"]
+    # Keys start with the tar's path in the input: equal sample keys in two tars stay two records.
+    assert decoded.keys == ["000.tar/s/001", "000.tar/s/004"]
     assert decoded.sources == [f"file://{tmp_path}/000.tar#s/001.png", f"file://{tmp_path}/000.tar#s/004.PNG"]
     rejects = {k: e for k, _, e in decoded.rejects}
-    assert rejects["s/002"].startswith("sample has no image member")
-    assert rejects["s/003"].startswith("cannot decode image")
+    assert rejects["000.tar/s/002"].startswith("sample has no image member")
+    assert rejects["000.tar/s/003"] == "cannot decode image: not a readable JPEG, PNG, WEBP, BMP file"
     np.testing.assert_array_equal(decoded.images[1], np.asarray(Image.open(io.BytesIO(png_bytes(4)))))
 
 
@@ -37,7 +38,7 @@ def test_a_truncated_tar_keeps_what_was_read_and_says_where_it_broke(tmp_path):
     full_path.unlink()
     (shard,) = list_shards(str(tmp_path), "webdataset", 1000, {})
     decoded = read_and_decode(shard, 32, False, False, {})
-    assert decoded.keys == ["k0", "k1"]
+    assert decoded.keys == ["cut.tar/k0", "cut.tar/k1"]
     key, _, error = decoded.rejects[-1]
     assert key == "cut.tar#unreadable" and "tar file unreadable after" in error
 

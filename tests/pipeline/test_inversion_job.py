@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import time
 
 import fsspec
 import numpy as np
@@ -13,7 +14,7 @@ from datasets import bad_images, make_image_folder
 from engines import load_inverter
 from operators.images import images_to_tensor
 from pipeline.decode import decode_image
-from pipeline.runner import PreflightError, plan_job, run_inversion, run_plan
+from pipeline.runner import JobKind, PreflightError, Work, plan_job, run_inversion, run_plan
 from pipeline.spec import InversionSpec
 
 
@@ -240,7 +241,7 @@ def test_webdataset_and_parquet_inputs(ray_local, tiny_checkpoint, tmp_path):
     report = run_inversion(make_spec(str(tars), tiny_checkpoint, str(tmp_path / "out-wds"), input={"format": "webdataset"}), show_progress=False)
     assert (report.shards, report.records, report.written, report.rejected) == (2, 3, 2, 1)
     keys, sources, codes, rejects = read_output(str(tmp_path / "out-wds"))
-    assert keys == ["x/1", "x/3"] and rejects == ["x/2"]
+    assert keys == ["000.tar/x/1", "001.tar/x/3"] and rejects == ["000.tar/x/2"]
     assert sources == [f"file://{tars}/000.tar#x/1.png", f"file://{tars}/001.tar#x/3.png"]
 
     spec = make_spec(str(parquets), tiny_checkpoint, str(tmp_path / "out-pq"), input={"format": "parquet", "key_column": "key"})
@@ -284,3 +285,76 @@ def test_an_engine_that_cannot_be_built_stops_the_job_before_any_work(ray_local,
     with pytest.raises(PreflightError, match="engine: could not build the tensorrt float32 engine: ValueError: the tensorrt backend needs a CUDA device"):
         run_inversion(spec, show_progress=False)
     assert not list(out.glob("shard-*"))
+
+
+class FailingPrepare:
+    """Decodes like the inversion job, but fails on one shard: permanently, or transiently (a dropped
+    connection) the first ``transient`` times, counted in files since each try may run in another worker."""
+
+    def __init__(self, decode, fail_shard: str, counter_dir: str, transient: int | None):
+        self.decode, self.fail_shard, self.counter_dir, self.transient = decode, fail_shard, counter_dir, transient
+
+    def __call__(self, shard, only):
+        if shard.name == self.fail_shard:
+            tries = len(os.listdir(self.counter_dir))
+            open(os.path.join(self.counter_dir, str(tries)), "w").close()
+            if self.transient is None:
+                raise ValueError("this shard's container is corrupt")
+            if tries < self.transient:
+                raise ConnectionResetError("connection reset by peer")
+        return self.decode(shard, only)
+
+
+class FlakyInversion(JobKind):
+    def __init__(self, fail_shard: str, counter_dir: str, transient: int | None):
+        self.args = (fail_shard, counter_dir, transient)
+
+    def work(self, plan):
+        work = super().work(plan)
+        return Work(FailingPrepare(work.prepare, *self.args), work.model, work.write)
+
+
+@pytest.fixture
+def by_value():
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this module
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_transient_storage_error_in_a_task_is_retried(ray_local, tiny_checkpoint, tmp_path, by_value):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    good = make_image_folder(folder, good=6)
+    (tmp_path / "tries").mkdir()
+    spec = make_spec(str(folder), tiny_checkpoint, str(out))
+    plan = plan_job(spec, kind=FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=2))
+    report = run_plan(plan)
+    assert (report.records, report.written, report.succeeded) == (6, 6, True)
+    assert len(os.listdir(tmp_path / "tries")) == 3  # two hiccups, then the try that worked
+    assert read_output(str(out))[0] == good
+
+
+def test_a_failed_step_is_named_and_the_actors_are_ended(ray_local, tiny_checkpoint, tmp_path, by_value):
+    import ray
+
+    from pipeline.runner import JobFailed
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    make_image_folder(folder, good=6)
+    (tmp_path / "tries").mkdir()
+    spec = make_spec(str(folder), tiny_checkpoint, str(out))
+    plan = plan_job(spec, kind=FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=None))
+    with pytest.raises(JobFailed, match=r"shard-00001 \(from b/img_003.png\) could not be read and prepared: "
+                                        r"ValueError: this shard's container is corrupt"):
+        run_plan(plan)
+    assert len(os.listdir(tmp_path / "tries")) == 1  # not a storage hiccup: not tried again
+    def everything_ended():
+        return not inference_actor_pids() and ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")
+
+    deadline = time.time() + 30
+    while not everything_ended() and time.time() < deadline:
+        time.sleep(0.2)
+    assert everything_ended()

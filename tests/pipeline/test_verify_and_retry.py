@@ -58,8 +58,11 @@ def test_verify_names_every_difference(inverted):
     # shard 2: never committed; shard 4: its data file gone
     (out / "_stats" / "shard-00002.json").unlink()
     (out / "shard-00004.parquet").unlink()
-    # a data file of no input shard
+    # a data file of no input shard, as an interrupted run leaves it (recorded as the job's), and a file
+    # of the user's named like one, which is only noted
     (out / "shard-00009.parquet").write_bytes((out / "shard-00000.parquet").read_bytes())
+    (out / "_files" / "shard-00009.json").write_text('{"shard": "shard-00009", "files": ["shard-00009.parquet"]}')
+    (out / "shard-00010.parquet").write_bytes(b"the user's")
 
     report = verify_output(spec)
     assert not report.ok
@@ -80,6 +83,7 @@ def test_verify_names_every_difference(inverted):
     ]
     assert len(problems["shard-00004"]) == 1 and problems["shard-00004"][0].startswith("cannot read its output: FileNotFoundError")
     assert report.problems == ["1 data file(s) for shards the input does not have: 'shard-00009.parquet'"]
+    assert "1 file(s) named like data files that the job did not write: 'shard-00010.parquet'" in report.notes
     assert report.summary().startswith("verification FAILED: 5 shards, 17 input records;")
     assert "9 difference(s)" in report.summary()
 
@@ -101,7 +105,7 @@ def test_verify_reads_keys_inside_webdataset_shards(ray_local, tiny_checkpoint, 
     assert verify_output(spec).ok
     rewrite(tmp_path / "out" / "shard-00000.parquet", lambda t: t.slice(0, 1))
     check = verify_output(spec).shards[0]
-    assert check.problems[0] == "1 record(s) missing from the output and the rejects: 'x/3'"
+    assert check.problems[0] == "1 record(s) missing from the output and the rejects: '000.tar/x/3'"
 
 
 def test_decoding_only_named_records(tmp_path):
@@ -112,7 +116,7 @@ def test_decoding_only_named_records(tmp_path):
     assert read_and_decode(shard, 32, False, False, {}, only=frozenset()).images.shape == (0, 32, 32, 3)
     write_tar(tmp_path / "s.tar", [("x/1.png", png_bytes(1)), ("x/2.png", png_bytes(2))])
     tar_shard = list_shards(str(tmp_path / "s.tar"), "webdataset", 1, {})[0]
-    assert read_and_decode(tar_shard, 32, False, False, {}, only=frozenset({"x/2"})).keys == ["x/2"]
+    assert read_and_decode(tar_shard, 32, False, False, {}, only=frozenset({"s.tar/x/2"})).keys == ["s.tar/x/2"]
 
 
 def test_retry_rejects_recovers_fixed_files_and_touches_nothing_else(inverted, tiny_checkpoint):

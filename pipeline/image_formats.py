@@ -1,0 +1,113 @@
+"""Which image formats the jobs read, how their files are named, and how they are opened.
+
+Decoding is restricted to an allow-list of Pillow formats: bytes of any other format (EPS, which runs
+Ghostscript, PDF, ...) are never handed to a Pillow plugin to decode, whatever their file name says.
+``input.formats`` in a spec chooses from ``FORMAT_EXTENSIONS``; the default is ``DEFAULT_FORMATS``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow format name -> file extensions listed as input of that format.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "GIF": (".gif",),
+    "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),
+    "TGA": (".tga",),
+    "JPEG2000": (".jp2", ".j2k"),
+}
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I": 32-bit, as 16-bit PNGs and TIFFs may open
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def extensions(formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
+    """The file extensions of ``formats`` (lower case, with the dot)."""
+    return tuple(ext for name in formats for ext in FORMAT_EXTENSIONS[name])
+
+# Leading bytes of formats, to name what a rejected file really is without handing it to a decoder.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WEBP"),
+    (0, b"%!PS", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"%PDF", "PDF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG2000"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (0, b"gimp xcf", "XCF"),
+    (0, b"<svg", "SVG"),
+    (0, b"<?xml", "XML"),
+)
+
+
+def sniff(data: bytes) -> str | None:
+    """The format ``data`` starts like, by its signature alone (no decoder runs); None when unknown."""
+    for offset, signature, name in _SIGNATURES:
+        if data[offset : offset + len(signature)] == signature:
+            return name
+    if data[:1] == b"P" and data[1:2] in b"123456":
+        return "PPM"
+    return None
+
+
+def open_image(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> Image.Image:
+    """Decode ``data`` fully with the plugins of ``formats`` only, turned as its EXIF orientation says
+    (as viewers show it). Raises ValueError naming the real format of anything else."""
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        real = sniff(data)
+        allowed = ", ".join(formats)
+        if real is not None and real not in formats:
+            raise ValueError(f"file is {real}, not an allowed format ({allowed}); input.formats lists what is read") from None
+        raise ValueError(f"cannot decode image: not a readable {allowed} file") from None
+    img.load()  # decodes fully, so truncated files fail here and not later
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    return img
+
+
+def to_rgb(img: Image.Image, convert: bool) -> Image.Image:
+    """An RGB image; other modes only when ``convert`` (input.convert_to_rgb), 16-bit ones scaled."""
+    if img.mode == "RGB":
+        return img
+    if not convert:
+        raise ValueError(f"image mode is {img.mode}, expected RGB (set input.convert_to_rgb to convert)")
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        return to_grey(img).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_grey(img: Image.Image) -> Image.Image:
+    """An 8-bit greyscale (L) image. 16-bit values are scaled to 8 bits (v / 257, rounded); Pillow's own
+    conversion clips them at 255, which turns a 16-bit photo almost white."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"image mode is {img.mode} with values outside 0..65535; only 8 and 16 bit images are read")
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise ValueError("image mode is F (32-bit floating point), which has no standard range; save it as 8 or 16 bit")
+    return img.convert("L")
