@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.image_formats import DEFAULT_FORMATS, extensions, open_image, to_rgb
+from pipeline.image_formats import DEFAULT_FORMATS, extensions, open_rgb
 from pipeline.shards import IMAGE_EXTENSIONS, Shard
 from pipeline.storage import filesystem
 
@@ -32,7 +32,7 @@ def decode_image(
     """Bytes of one of ``formats`` -> uint8 RGB [size, size, 3], as a viewer shows the picture (EXIF
     orientation applied). Raises ValueError with a reason for anything unusable."""
     try:
-        img = to_rgb(open_image(data, formats), convert_to_rgb)
+        img = open_rgb(data, formats, convert_to_rgb)
         if img.size != (size, size):
             if not resize:
                 raise ValueError(

@@ -25,13 +25,18 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "JPEG2000": (".jp2", ".j2k"),
 }
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I": 32-bit, as 16-bit PNGs and TIFFs may open
+# 16-bit greyscale modes; "I" (32-bit integers) too, as older Pillows opened 16-bit PNGs and some TIFFs are.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ORIENTATION = 0x0112  # the EXIF tag
+# Single-channel modes whose values a label map can hold as they are ("P": palette indices, "1": 0/1).
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_FLOAT = "image mode is F (32-bit floating point), which has no standard range; save it as 8 or 16 bit"
 
 
 def extensions(formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
     """The file extensions of ``formats`` (lower case, with the dot)."""
     return tuple(ext for name in formats for ext in FORMAT_EXTENSIONS[name])
+
 
 # Leading bytes of formats, to name what a rejected file really is without handing it to a decoder.
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -73,41 +78,67 @@ def sniff(data: bytes) -> str | None:
 def open_image(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> Image.Image:
     """Decode ``data`` fully with the plugins of ``formats`` only, turned as its EXIF orientation says
     (as viewers show it). Raises ValueError naming the real format of anything else."""
+    unknown = [name for name in formats if name not in FORMAT_EXTENSIONS]
+    if unknown:  # the spec checks this too; here so that no caller can enable EPS, PDF, ... by name
+        raise ValueError(f"input.formats names {', '.join(unknown)}; known: {', '.join(FORMAT_EXTENSIONS)}")
     if not data:
         raise ValueError("empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
+        # Named by signature, not by an unrestricted Image.open: that would run the header parser of
+        # every Pillow plugin (EPS, PSD, ...) on untrusted bytes, which is what the allow-list prevents.
         real = sniff(data)
         allowed = ", ".join(formats)
         if real is not None and real not in formats:
             raise ValueError(f"file is {real}, not an allowed format ({allowed}); input.formats lists what is read") from None
         raise ValueError(f"cannot decode image: not a readable {allowed} file") from None
     img.load()  # decodes fully, so truncated files fail here and not later
-    if img.getexif().get(ORIENTATION, 1) != 1:
+    if img.getexif().get(ORIENTATION, 1) != 1:  # read after load: a PNG may keep its EXIF after the pixels
         img = ImageOps.exif_transpose(img)
     return img
 
 
+def open_rgb(data: bytes, formats: tuple[str, ...] | list[str], convert_to_rgb: bool) -> Image.Image:
+    """``open_image`` then ``to_rgb``: an RGB image as a viewer shows it."""
+    return to_rgb(open_image(data, formats), convert_to_rgb)
+
+
 def to_rgb(img: Image.Image, convert: bool) -> Image.Image:
-    """An RGB image; other modes only when ``convert`` (input.convert_to_rgb), 16-bit ones scaled."""
+    """An RGB image; other modes only when ``convert`` (input.convert_to_rgb), 16-bit ones scaled.
+
+    A 16-bit RGB PNG already opens as RGB in Pillow (13.0), each channel its high byte (v >> 8, at most 1
+    below v / 257 rounded): its full values are gone by then, so it is taken as it is."""
     if img.mode == "RGB":
         return img
+    if img.mode == "F":  # refused whatever convert says: converting could not help
+        raise ValueError(_FLOAT)
     if not convert:
         raise ValueError(f"image mode is {img.mode}, expected RGB (set input.convert_to_rgb to convert)")
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+    if img.mode in SIXTEEN_BIT_MODES:
         return to_grey(img).convert("RGB")
     return img.convert("RGB")
 
 
 def to_grey(img: Image.Image) -> Image.Image:
-    """An 8-bit greyscale (L) image. 16-bit values are scaled to 8 bits (v / 257, rounded); Pillow's own
-    conversion clips them at 255, which turns a 16-bit photo almost white."""
+    """An 8-bit greyscale (L) image, for sketches. 16-bit values are scaled to 8 bits (v / 257, rounded);
+    Pillow's own conversion clips them at 255, which turns a 16-bit photo almost white."""
     if img.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(img).astype(np.int64)
         if values.min() < 0 or values.max() > 65535:
             raise ValueError(f"image mode is {img.mode} with values outside 0..65535; only 8 and 16 bit images are read")
+        # (v + 128) // 257 is v / 257 rounded half up, in integers (v / 257 is never exactly k + 0.5).
         return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
     if img.mode == "F":
-        raise ValueError("image mode is F (32-bit floating point), which has no standard range; save it as 8 or 16 bit")
+        raise ValueError(_FLOAT)
     return img.convert("L")
+
+
+def open_labels(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> Image.Image:
+    """A label map (a class index per pixel), turned as its EXIF orientation says. Its values are labels:
+    read as they are, never scaled (a 16-bit map holding 0..18 stays 0..18)."""
+    img = open_image(data, formats)
+    if img.mode not in LABEL_MODES:
+        raise ValueError(f"a label map must be single-channel (mode L or P), got mode {img.mode}")
+    return img
+

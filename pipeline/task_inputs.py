@@ -24,7 +24,7 @@ from operators.degradations import (
     to_uint8_truncating,
     triangle_mask,
 )
-from pipeline.image_formats import DEFAULT_FORMATS, open_image, to_grey
+from pipeline.image_formats import DEFAULT_FORMATS, open_image, open_labels, to_grey
 from pipeline.sink import PREVIEW_GAP, PREVIEW_TILE
 
 RESTORATION_TASKS = ("colorization", "denoise", "inpainting", "super_resolution")
@@ -89,13 +89,12 @@ def segmentation_input(
     Resized by nearest neighbour, so no pixel gets a label that is a blend of two others; the values are
     labels, never rescaled. A label outside 0..classes-1 is an error naming it.
     """
-    img = open_image(data, formats)
-    if img.mode not in ("L", "P", "I", "I;16"):
-        raise ValueError(f"a label map must be single-channel (mode L or P), got mode {img.mode}")
+    img = open_labels(data, formats)
     labels = img if img.size == (size, size) else img.resize((size, size), Image.NEAREST)
     labels = np.asarray(labels).astype(np.int64)
     if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f"label map holds label {int(labels.max())}, outside 0..{classes - 1}")
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise ValueError(f"label map holds label {int(bad)}, outside 0..{classes - 1}")
     return (np.arange(classes)[:, None, None] == labels[None]).astype(np.float32)
 
 

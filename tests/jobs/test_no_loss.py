@@ -243,6 +243,19 @@ def test_verify_finds_a_record_written_in_two_shards(ray_local, tmp_path, checkp
     key = first.column("key")[0].as_py()
     assert f"1 key(s) in more than one shard: {key!r} ({key!r} is in shard-00000, shard-00001)" in report
 
+    # An edit joined by key would pair records of different files: refused, naming both.
+    edit_spec = tmp_path / "edit.yaml"
+    edit_spec.write_text(yaml.safe_dump({
+        "input": {"latents": str(out)},
+        "model": {"checkpoint": str(checkpoint)},
+        "output": {"uri": str(tmp_path / "mixed")},
+        "edit": {"kind": "mixing", "styles": [key], "layers": [0]},
+    }))
+    assert run(edit.main, edit_spec) == EXIT_BAD_SPEC
+    line = one_error_line(capsys)
+    assert f"input: key {key!r} is in both file://{out}/shard-00000.parquet and file://{out}/shard-00001.parquet" in line
+    assert not (tmp_path / "mixed").exists()
+
 
 class _Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test's output clean
