@@ -72,7 +72,8 @@ def read_and_decode(
             continue
         try:
             if isinstance(blob, BaseException):
-                raise ValueError(str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}")
+                why = str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}"
+                raise ValueError(why)
             images.append(decode_image(blob, size, resize, convert_to_rgb, formats))
         except ValueError as e:
             out.rejects.append((key, source, str(e)))

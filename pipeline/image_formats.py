@@ -91,7 +91,8 @@ def open_image(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMA
         real = sniff(data)
         allowed = ", ".join(formats)
         if real is not None and real not in formats:
-            raise ValueError(f"file is {real}, not an allowed format ({allowed}); input.formats lists what is read") from None
+            message = f"file is {real}, not an allowed format ({allowed}); input.formats lists what is read"
+            raise ValueError(message) from None
         raise ValueError(f"cannot decode image: not a readable {allowed} file") from None
     img.load()  # decodes fully, so truncated files fail here and not later
     if img.getexif().get(ORIENTATION, 1) != 1:  # read after load: a PNG may keep its EXIF after the pixels
@@ -126,9 +127,9 @@ def to_grey(img: Image.Image) -> Image.Image:
     if img.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(img).astype(np.int64)
         if values.min() < 0 or values.max() > 65535:
-            raise ValueError(f"image mode is {img.mode} with values outside 0..65535; only 8 and 16 bit images are read")
+            raise ValueError(f"image mode is {img.mode} with values outside 0..65535; only 8 and 16 bit are read")
         # (v + 128) // 257 is v / 257 rounded half up, in integers (v / 257 is never exactly k + 0.5).
-        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8))  # 2-D uint8: mode L
     if img.mode == "F":
         raise ValueError(_FLOAT)
     return img.convert("L")
