@@ -30,6 +30,7 @@ from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_ba
 from engines.graphs import OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
 from engines.inverter import _check_batch, _check_codes, ieee_float32, resolve_device
 from operators.e2style import E2Style, E2StyleConfig
+from operators.stylegan2.layers import MODULATION_FORMS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class EngineOptions:
     gate: GateThresholds = GateThresholds()
     gate_batch: int = 4
     fallback: tuple[str, ...] = ()  # precisions to try in turn when the gate refuses an engine
+    # torch: how the generator computes modulated convolutions (operators.stylegan2.layers). None: per
+    # device, "grouped" on CPU (faster there) and "batched" on CUDA, where the grouped convolution falls
+    # off a cliff at large batches (11x slower at 64 than at 32 on an H200) and the batched one does not.
+    modulation: str | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -74,6 +79,14 @@ class EngineOptions:
             )
         if self.cuda_graphs and not self.compile:
             raise ValueError("cuda_graphs needs compile: true (CUDA graphs come from torch.compile)")
+        if self.modulation not in (None, *MODULATION_FORMS):
+            raise ValueError(f"unknown modulation form {self.modulation!r}; known: {', '.join(MODULATION_FORMS)}")
+
+    def modulation_on(self, device: torch.device) -> str:
+        """The generator's modulation form on ``device``: the one asked for, else the device's fast one."""
+        if self.modulation is not None:
+            return self.modulation
+        return "batched" if device.type == "cuda" else "grouped"
 
     @property
     def name(self) -> str:
@@ -193,7 +206,7 @@ def _torch_runners(model: E2Style, stages: int, options: EngineOptions, device: 
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[options.precision]
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
     runners = {}
-    for name, module in model_graphs(model, stages, exportable=False):
+    for name, module in model_graphs(model, stages, exportable=False, modulation=options.modulation_on(device)):
         if not options.is_reference:  # the model itself stays the untouched float32 reference
             module = copy.deepcopy(module)
         if name != "synthesis":  # the generator's 5-d modulated weights have no channels-last form

@@ -68,8 +68,10 @@ class Graphs:
         return iter(self.modules.items())
 
 
-def model_graphs(model: E2Style, stages: int, exportable: bool) -> Graphs:
-    """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies."""
+def model_graphs(model: E2Style, stages: int, exportable: bool, modulation: str | None = None) -> Graphs:
+    """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies
+    (with the batched generator). ``modulation`` computes the generator in that form (a copy when it is
+    not the model's own)."""
     cfg = model.config
     encoders = [model.encoder_firststage, *model.encoder_refinestage_list[: stages - 1]]
     generator = model.decoder
@@ -77,9 +79,11 @@ def model_graphs(model: E2Style, stages: int, exportable: bool) -> Graphs:
         encoders = [copy.deepcopy(e) for e in encoders]
         for encoder in encoders:
             encoder.use_matrix_pooling(cfg.image_size)
-        batched = Generator(dataclasses.replace(generator.config, modulation="batched"))
-        batched.load_state_dict(generator.state_dict())
-        generator = batched
+        modulation = "batched"
+    if modulation is not None and modulation != generator.config.modulation:
+        other = Generator(dataclasses.replace(generator.config, modulation=modulation))
+        other.load_state_dict(generator.state_dict())
+        generator = other.to(model.latent_avg.device)
     modules: dict[str, nn.Module] = {"stage1": FirstStage(encoders[0], model.latent_avg)}
     for k, encoder in enumerate(encoders[1:], start=2):
         modules[f"stage{k}"] = RefineStage(encoder)

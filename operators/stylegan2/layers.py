@@ -17,7 +17,9 @@ from operators.stylegan2.fir import Blur, Upsample
 
 # "grouped": per-sample weights and a convolution grouped over the batch, as the research code does.
 # "batched": one shared weight; the style scales the input channels and the demodulation scales the
-#            output channels. Mathematically identical, and its graph does not depend on the batch size.
+#            output channels, so every convolution is one dense (tensor-core) convolution, and the FIR
+#            blur after a 2x upsampling is folded into the transposed convolution's kernel. Mathematically
+#            identical, and its graph does not depend on the batch size.
 ModulationForm = Literal["grouped", "batched"]
 MODULATION_FORMS: tuple[str, ...] = ("grouped", "batched")
 
@@ -122,17 +124,36 @@ class ModulatedConv2d(nn.Module):
     def _batched(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weight = self.scale * self.weight[0]  # [out, in, k, k]
         x = x * style[:, :, None, None]
-        if self.upsample:
+        folded = self.upsample and self.blur.pad[0] == self.blur.pad[1]
+        if folded:
+            # Blur after a transposed convolution is one transposed convolution with the kernel convolved
+            # by the blur (both linear, and the blur is per channel); the blur's padding becomes a crop.
+            kernel = full_convolution(weight.transpose(0, 1), self.blur.kernel)  # [in, out, k+K-1, k+K-1]
+            crop = self.blur.kernel.shape[-1] - 1 - self.blur.pad[0]
+            out = F.conv_transpose2d(x, kernel, padding=crop, stride=2)
+        elif self.upsample:
             out = F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
-            # sum over (in, kh, kw) of (weight * style)^2, as one [B, in] x [in, out] product.
+            # sum over (in, kh, kw) of (weight * style)^2, as one [B, in] x [in, out] product. A per-channel
+            # scale commutes with the per-channel blur, so it may follow the folded convolution.
             energy = style.pow(2) @ weight.pow(2).sum([2, 3]).t()  # [B, out]
             out = out * torch.rsqrt(energy + 1e-8)[:, :, None, None]
-        if self.upsample:
+        if self.upsample and not folded:
             out = self.blur(out)
         return out
+
+
+def full_convolution(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Each [k, k] filter of ``weight`` [A, B, k, k] truly convolved with ``kernel`` [K, K] (no cropping):
+    [A, B, k + K - 1, k + K - 1]."""
+    a, b, k, _ = weight.shape
+    size = kernel.shape[-1]
+    flat = F.pad(weight.reshape(a * b, 1, k, k), [size - 1] * 4)
+    # conv2d correlates; the flipped kernel makes it the convolution upfirdn2d applies.
+    out = F.conv2d(flat, torch.flip(kernel, [0, 1]).to(weight.dtype)[None, None])
+    return out.reshape(a, b, k + size - 1, k + size - 1)
 
 
 class NoiseInjection(nn.Module):

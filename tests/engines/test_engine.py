@@ -131,6 +131,7 @@ def test_psnr_definition():
         (dict(backend="onnxruntime", precision="float16"), "onnxruntime backend runs float32 only"),
         (dict(min_batch=8, max_batch=4), r"1 <= min_batch <= opt_batch <= max_batch, got 8, 4, 4"),
         (dict(cuda_graphs=True), "cuda_graphs needs compile"),
+        (dict(modulation="fused"), "unknown modulation form 'fused'; known: grouped, batched"),
     ],
 )
 def test_options_are_validated(options, message):
@@ -141,6 +142,35 @@ def test_options_are_validated(options, message):
 def test_tensorrt_needs_a_gpu(checkpoint):
     with pytest.raises(ValueError, match="the tensorrt backend needs a CUDA device"):
         build_engine(str(checkpoint), EngineOptions(backend="tensorrt"), device="cpu")
+
+
+def test_graphs_compute_the_generator_in_the_form_asked_for_and_leave_the_model_alone(checkpoint):
+    from engines.checkpoints import load_e2style
+    from engines.graphs import model_graphs
+
+    model, _ = load_e2style(str(checkpoint))
+    graphs = dict(model_graphs(model, 2, exportable=False, modulation="batched").modules)
+    assert graphs["synthesis"].generator.config.modulation == "batched"
+    assert model.decoder.config.modulation == "grouped"
+    assert dict(model_graphs(model, 2, exportable=False).modules)["synthesis"].generator is model.decoder
+
+
+def test_the_generator_form_is_chosen_per_device_and_never_grouped_on_cuda():
+    assert EngineOptions().modulation_on(torch.device("cpu")) == "grouped"
+    assert EngineOptions().modulation_on(torch.device("cuda", 0)) == "batched"
+    assert EngineOptions(modulation="grouped").modulation_on(torch.device("cuda", 0)) == "grouped"
+    assert EngineOptions(modulation="batched").modulation_on(torch.device("cpu")) == "batched"
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_batched_generator_engine_matches_the_reference(checkpoint, precision):
+    engine = build_engine(str(checkpoint), EngineOptions(modulation="batched", precision=precision))
+    x = images(5, 3, 32, seed=4)
+    per_stage, recon = reference(checkpoint, x)
+    tolerance = 2e-5 if precision == "float32" else 0.1
+    torch.testing.assert_close(engine.invert(x), per_stage[-1], rtol=0, atol=tolerance)
+    if precision == "float32":
+        torch.testing.assert_close(engine.synthesize(per_stage[-1]), recon, rtol=0, atol=2e-5)
 
 
 @pytest.mark.slow
