@@ -21,24 +21,27 @@ detected before any work started and with nothing written; 130 interrupted (Ctrl
 are kept, and the same command resumes."""
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything near this size is a mistake or an attack
 MAX_SPEC_VALUES = 100_000  # keys, values and items after aliases are expanded (real specs have hundreds)
+MAX_SPEC_DEPTH = 32  # mappings and lists inside each other (real specs nest four deep)
 
 
-def _bounded(raw, limit: int) -> bool:
-    """Whether a loaded spec has at most ``limit`` values, counting each use of a YAML alias anew. Aliases
-    are fine for sharing storage_options between sections, but nested ones expand exponentially ("billion
-    laughs"): a few lines become gigabytes once validated or dumped."""
-    stack, seen = [raw], 0
+def _too_big(raw) -> str | None:
+    """Why a loaded spec is too big to handle, or None. Each use of a YAML alias counts anew: aliases are
+    fine for sharing storage_options between sections, but nested ones expand exponentially ("billion
+    laughs"), a few lines becoming gigabytes once validated or dumped. Deep nesting is refused too, as it
+    would break the recursive code (validation, redaction, hashing) that walks a spec later."""
+    stack, seen = [(raw, 0)], 0
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         seen += 1
-        if seen > limit:
-            return False
+        if seen > MAX_SPEC_VALUES:
+            return f"expands to more than {MAX_SPEC_VALUES} values (nested YAML aliases?)"
+        if depth > MAX_SPEC_DEPTH:
+            return f"nests mappings and lists more than {MAX_SPEC_DEPTH} deep"
         if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
+            stack.extend((item, depth + 1) for item in (*value.keys(), *value.values()))
         elif isinstance(value, list):
-            stack.extend(value)
-    return True
+            stack.extend((item, depth + 1) for item in value)
+    return None
 
 
 def load_spec(path: Path, spec_class: type[BaseModel]) -> BaseModel:
@@ -54,10 +57,13 @@ def load_spec(path: Path, spec_class: type[BaseModel]) -> BaseModel:
         raw = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"spec {path} is not UTF-8 text: {e}") from None
-    except yaml.YAMLError as e:
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ValueError(f"spec {path} nests mappings and lists more than {MAX_SPEC_DEPTH} deep") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more digits than Python converts
         raise ValueError(f"spec {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if not _bounded(raw, MAX_SPEC_VALUES):
-        raise ValueError(f"spec {path} expands to more than {MAX_SPEC_VALUES} values (nested YAML aliases?)")
+    problem = _too_big(raw)
+    if problem:
+        raise ValueError(f"spec {path} {problem}")
     if not isinstance(raw, dict):
         raise ValueError(f"spec {path} must be a mapping with input, model and output, got {type(raw).__name__}")
     try:

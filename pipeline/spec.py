@@ -26,6 +26,7 @@ class _Strict(BaseModel):
 MAX_COUNT = 1_000_000
 MAX_CPUS = 1024
 MAX_GPUS = 64
+RAY_RESOURCE_UNIT = 0.0001  # Ray refuses a nonzero fractional resource request below this
 
 
 StorageOptions = dict[str, Any]
@@ -77,7 +78,7 @@ class InputSpec(_Strict):
 class ModelSpec(_Strict):
     checkpoint: str = Field(description="Official E2Style checkpoint file: a local path or an fsspec URL.")
     stages: int | None = Field(
-        None, ge=1, description="Stages to run; at most the file's opts['training_stage']. Default: all of them."
+        None, ge=1, le=64, description="Stages to run; at most the file's opts['training_stage']. Default: all of them."
     )
     storage_options: StorageOptions = Field(
         default_factory=dict, description="fsspec options for the checkpoint's filesystem."
@@ -100,13 +101,18 @@ class OutputSpec(_Strict):
 class ResourcesSpec(_Strict):
     num_actors: int = Field(1, ge=1, le=10_000, description="Inference actors, each holding one copy of the model.")
     num_gpus_per_actor: float = Field(
-        0.0, ge=0, le=MAX_GPUS, description="GPUs reserved per actor; 0 runs the model on CPU."
+        0.0, ge=0, le=MAX_GPUS, description="GPUs reserved per actor; 0 runs the model on CPU, else at least 0.0001."
     )
     num_cpus_per_actor: float = Field(
-        1.0, gt=0, le=MAX_CPUS, description="CPUs reserved per actor (also its torch threads)."
+        1.0,
+        ge=RAY_RESOURCE_UNIT,
+        le=MAX_CPUS,
+        description="CPUs reserved per actor (also its torch threads, rounded up).",
     )
     batch_size: int = Field(32, ge=1, le=65_536, description="Images per model call.")
-    decode_cpus: float = Field(1.0, gt=0, le=MAX_CPUS, description="CPUs reserved by each shard-decoding task.")
+    decode_cpus: float = Field(
+        1.0, ge=RAY_RESOURCE_UNIT, le=MAX_CPUS, description="CPUs reserved by each shard-decoding task."
+    )
     shards_in_flight: int = Field(
         0,
         ge=0,
@@ -114,6 +120,13 @@ class ResourcesSpec(_Strict):
         description="Shards decoding or waiting for an actor at once (their images are held in Ray's object "
         "store); 0 means three per actor.",
     )
+
+    @field_validator("num_gpus_per_actor")
+    @classmethod
+    def _a_share_ray_grants(cls, value: float) -> float:
+        if 0 < value < RAY_RESOURCE_UNIT:
+            raise ValueError(f"must be 0 or at least {RAY_RESOURCE_UNIT} (the smallest GPU share Ray grants)")
+        return value
 
 
 class GateSpec(_Strict):

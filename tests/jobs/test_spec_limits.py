@@ -22,7 +22,11 @@ def checkpoint(tmp_path_factory):
 
 def base(tmp_path: Path, checkpoint) -> dict:
     make_image_folder(tmp_path / "in", good=2)
-    return {"input": {"uri": str(tmp_path / "in")}, "model": {"checkpoint": str(checkpoint)}, "output": {"uri": str(tmp_path / "out")}}
+    return {
+        "input": {"uri": str(tmp_path / "in")},
+        "model": {"checkpoint": str(checkpoint)},
+        "output": {"uri": str(tmp_path / "out")},
+    }
 
 
 def run_text(tmp_path: Path, text: str, capsys, lines: int = 1) -> tuple[int, str]:
@@ -38,7 +42,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, checkpoint, capsys):
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
     for i, name in enumerate("bcdefghi"):
         previous = "abcdefghi"[i]
-        lines.append(f"{name}: &{name} [*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous}]")
+        lines.append(f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]")
     spec = yaml.safe_dump(base(tmp_path, checkpoint))
     bomb = spec.replace("input:", "input:\n  storage_options:\n" + "".join(f"    {line}\n" for line in lines), 1)
     assert len(bomb) < 2000
@@ -53,12 +57,27 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, checkpoint, capsys):
 def test_aliases_that_share_options_between_sections_are_fine(tmp_path, checkpoint):
     from pipeline.spec import InversionSpec
 
-    text = yaml.safe_dump(base(tmp_path, checkpoint)).replace("input:", "input:\n  storage_options: &s3 {anon: false}", 1)
+    text = yaml.safe_dump(base(tmp_path, checkpoint))
+    text = text.replace("input:", "input:\n  storage_options: &s3 {anon: false}", 1)
     text = text.replace("output:", "output:\n  storage_options: *s3", 1)
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     spec = cli.load_spec(path, InversionSpec)
     assert spec.output.storage_options == spec.input.storage_options == {"anon": False}
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])  # past the limit; past what PyYAML's recursion survives
+def test_deep_nesting_is_refused(tmp_path, checkpoint, capsys, depth):
+    spec = yaml.safe_dump(base(tmp_path, checkpoint))
+    nested = spec.replace("input:", "input:\n  storage_options: {x: " + "[" * depth + "]" * depth + "}", 1)
+    code, line = run_text(tmp_path, nested, capsys)
+    assert code == EXIT_BAD_SPEC and "nests mappings and lists more than 32 deep" in line, line
+
+
+def test_an_integer_too_long_to_convert_is_refused_naming_the_spec(tmp_path, checkpoint, capsys):
+    spec = yaml.safe_dump(base(tmp_path, checkpoint)).replace("input:", "input:\n  shard_size: " + "9" * 5000, 1)
+    code, line = run_text(tmp_path, spec, capsys)
+    assert code == EXIT_BAD_SPEC and re.search(r"spec .*spec.yaml is not valid YAML: Exceeds the limit", line), line
 
 
 def test_a_spec_over_the_size_limit_is_refused(tmp_path, checkpoint, capsys):
@@ -78,10 +97,22 @@ def test_a_spec_over_the_size_limit_is_refused(tmp_path, checkpoint, capsys):
         ("output", "row_group_size", -1, "output.row_group_size: Input should be greater than or equal to 1"),
         ("engine", "max_batch", 10**9, "engine.max_batch: Input should be less than or equal to 65536"),
         (None, "max_failure_rate", ".nan", "max_failure_rate: Input should be a finite number"),
-        ("input", "formats", ["PNG", "EPS"], "input.formats.1: Input should be 'PNG', 'JPEG', 'WEBP', 'BMP', 'TIFF', 'GIF', 'PPM', 'TGA' or 'JPEG2000'"),
+        ("engine", "gate", {"min_psnr_db": ".inf"}, "engine.gate.min_psnr_db: Input should be a finite number"),
+        ("model", "stages", 10**6, "model.stages: Input should be less than or equal to 64"),
+        # Ray refuses nonzero resource requests below 0.0001, so the spec does first.
+        ("resources", "num_gpus_per_actor", 1e-9, "num_gpus_per_actor: Value error, must be 0 or at least 0.0001"),
+        ("resources", "decode_cpus", 1e-5, "resources.decode_cpus: Input should be greater than or equal to 0.0001"),
+        (
+            "input",
+            "formats",
+            ["PNG", "EPS"],
+            "input.formats.1: Input should be 'PNG', 'JPEG', 'WEBP', 'BMP', 'TIFF', 'GIF', 'PPM', 'TGA' or 'JPEG2000'",
+        ),
     ],
 )
-def test_numbers_out_of_range_are_refused_naming_the_field(tmp_path, checkpoint, capsys, section, field, value, message):
+def test_numbers_out_of_range_are_refused_naming_the_field(
+    tmp_path, checkpoint, capsys, section, field, value, message
+):
     spec = base(tmp_path, checkpoint)
     target = spec.setdefault(section, {}) if section else spec
     target[field] = value
