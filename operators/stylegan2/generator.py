@@ -39,9 +39,10 @@ class GeneratorConfig:
     channel_max: int = 512
     mapping_lr_mul: float = 0.01  # equalised-lr multiplier of the mapping MLP, part of its weight scale
     blur_taps: tuple[int, ...] = (1, 3, 3, 1)  # FIR taps of every 2x upsampling
-    # How modulated convolutions are computed; both forms give the same numbers to float32 round-off.
-    # "grouped" is the research code's arithmetic and the faster one on CPU (BENCHMARKS.md); "batched"
-    # is the one to export, as its graph does not depend on the batch size.
+    # How modulated convolutions are computed (layers.MODULATION_FORMS); all give the same numbers to
+    # float32 round-off. "grouped" is the research code's arithmetic and the faster one on CPU
+    # (BENCHMARKS.md); "batched" is the one to export and to run on GPUs, as its graph does not depend
+    # on the batch size; "folded" also folds the upsampling blur into the convolution.
     modulation: ModulationForm = "grouped"
 
     def __post_init__(self):

@@ -17,11 +17,12 @@ from operators.stylegan2.fir import Blur, Upsample
 
 # "grouped": per-sample weights and a convolution grouped over the batch, as the research code does.
 # "batched": one shared weight; the style scales the input channels and the demodulation scales the
-#            output channels, so every convolution is one dense (tensor-core) convolution, and the FIR
-#            blur after a 2x upsampling is folded into the transposed convolution's kernel. Mathematically
-#            identical, and its graph does not depend on the batch size.
-ModulationForm = Literal["grouped", "batched"]
-MODULATION_FORMS: tuple[str, ...] = ("grouped", "batched")
+#            output channels, so every convolution is one dense (tensor-core) convolution.
+# "folded":  "batched", with the FIR blur after each 2x upsampling folded into the transposed
+#            convolution's kernel (3x3 -> 6x6): no depthwise pass, four times the products of that layer.
+# All are mathematically identical; the graphs of the last two do not depend on the batch size.
+ModulationForm = Literal["grouped", "batched", "folded"]
+MODULATION_FORMS: tuple[str, ...] = ("grouped", "batched", "folded")
 
 LEAKY_SLOPE = 0.2
 LEAKY_GAIN = 2**0.5  # keeps the activation variance of a leaky ReLU at about 1
@@ -124,7 +125,7 @@ class ModulatedConv2d(nn.Module):
     def _batched(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weight = self.scale * self.weight[0]  # [out, in, k, k]
         x = x * style[:, :, None, None]
-        folded = self.upsample and self.blur.pad[0] == self.blur.pad[1]
+        folded = self.form == "folded" and self.upsample and self.blur.pad[0] == self.blur.pad[1]
         if folded:
             # Blur after a transposed convolution is one transposed convolution with the kernel convolved
             # by the blur (both linear, and the blur is per channel); the blur's padding becomes a crop.

@@ -131,7 +131,7 @@ def test_psnr_definition():
         (dict(backend="onnxruntime", precision="float16"), "onnxruntime backend runs float32 only"),
         (dict(min_batch=8, max_batch=4), r"1 <= min_batch <= opt_batch <= max_batch, got 8, 4, 4"),
         (dict(cuda_graphs=True), "cuda_graphs needs compile"),
-        (dict(modulation="fused"), "unknown modulation form 'fused'; known: grouped, batched"),
+        (dict(modulation="fused"), "unknown modulation form 'fused'; known: grouped, batched, folded"),
     ],
 )
 def test_options_are_validated(options, message):
@@ -162,9 +162,9 @@ def test_the_generator_form_is_chosen_per_device_and_never_grouped_on_cuda():
     assert EngineOptions(modulation="batched").modulation_on(torch.device("cpu")) == "batched"
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_a_batched_generator_engine_matches_the_reference(checkpoint, precision):
-    engine = build_engine(str(checkpoint), EngineOptions(modulation="batched", precision=precision))
+@pytest.mark.parametrize("form,precision", [("batched", "float32"), ("folded", "float32"), ("folded", "bfloat16")])
+def test_batched_and_folded_generator_engines_match_the_reference(checkpoint, form, precision):
+    engine = build_engine(str(checkpoint), EngineOptions(modulation=form, precision=precision))
     x = images(5, 3, 32, seed=4)
     per_stage, recon = reference(checkpoint, x)
     tolerance = 2e-5 if precision == "float32" else 0.1
