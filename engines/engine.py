@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from engines.batching import cached_pick, invert_rate
 from engines.cache import EngineCache
 from engines.checkpoints import CheckpointInfo, load_e2style
 from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_batch, run_gate
@@ -62,6 +63,9 @@ class EngineOptions:
     # off a cliff at large batches (11x slower at 64 than at 32 on an H200) and the batched one does not.
     # "folded" is not a default until benchmarks/bench_gpu.py shows it pays on a GPU.
     modulation: str | None = None
+    # On CUDA: time the batch sizes of engines.batching.CANDIDATES (up to what fits) once, keep the fastest
+    # as max_batch and cache the verdict; the built engine's options carry the choice, with this off.
+    pick_batch: bool = False
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -169,15 +173,45 @@ def build_engine(
         candidate = dataclasses.replace(options, precision=precision, fallback=())
         engine = _build(model, info, candidate, dev)
         if not gate or (candidate.is_reference and candidate.modulation_on(dev) == model.decoder.config.modulation):
-            return engine  # the model itself, which the gate compares with
+            return choose_batch(engine, model) if dev.type == "cuda" else engine
         report = check_engine(engine, model, candidate)
         engine.gate_report = report
         if report.passed:
             log.info(report.describe())
-            return engine
+            return choose_batch(engine, model) if dev.type == "cuda" else engine
         if i + 1 == len(precisions):
             raise AccuracyGateFailed(report)
         log.warning("%s; falling back to %s", report.describe(), precisions[i + 1])
+
+
+def choose_batch(engine: Engine, model: E2Style, measure: Callable[[int], float] | None = None) -> Engine:
+    """With ``pick_batch``: the engine with the fastest batch of its device as ``max_batch`` (cached)."""
+    options = engine.options
+    if not options.pick_batch or options.backend != "torch":  # exported graphs and plans fix their batch range
+        return engine
+    device = engine.device
+    fields = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "precision": options.precision,
+        "modulation": options.modulation_on(device),
+        "compile": options.compile,
+        "cuda_graphs": options.cuda_graphs,
+        "stages": engine.stages,
+        "weights_sha256": module_digest(model),
+    }
+    cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
+    batch, rates, hit = cached_pick(cache, fields, measure or (lambda b: invert_rate(engine, b)))
+    log.info(
+        "batch %d chosen for %s (%s images/s by batch%s)", batch, options.name,
+        ", ".join(f"{b}: {r:.0f}" for b, r in sorted(rates.items())), ", from the engine cache" if hit else "",
+    )
+    engine.options = dataclasses.replace(
+        options, pick_batch=False, max_batch=batch, opt_batch=min(options.opt_batch, batch),
+        min_batch=min(options.min_batch, batch),
+    )
+    return engine
 
 
 def check_engine(engine: Engine, model: E2Style, options: EngineOptions) -> GateReport:

@@ -379,6 +379,8 @@ def engine_options(spec: JobSpec) -> EngineOptions:
         min_batch=min(e.min_batch, max_batch),
         opt_batch=min(res.batch_size, max_batch),
         max_batch=max_batch,
+        # On GPUs the torch engine times a few batches once and keeps the fastest, unless the spec fixes one.
+        pick_batch=e.max_batch is None and res.num_gpus_per_actor > 0 and e.backend == "torch",
         threads=math.ceil(res.num_cpus_per_actor),
         cache_uri=e.cache_uri or spec.output.uri.rstrip("/") + "/_engines",
         cache_storage_options=dict(e.cache_storage_options if e.cache_uri else spec.output.storage_options),
@@ -390,7 +392,7 @@ def engine_options(spec: JobSpec) -> EngineOptions:
 def _prepare(factory: InverterFactory, res, provenance: dict) -> InverterFactory:
     """Build and gate the engine once, on a worker shaped like the actors, before any actor starts."""
     options = factory.engine
-    if options.is_reference:
+    if options.is_reference and not options.pick_batch:
         return factory
     task = ray.remote(prepare_engine).options(num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor)
     result = ray.get(task.remote(factory))
@@ -421,13 +423,15 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: R
             engine=engine_options(spec),
         )
         factory = _prepare(factory, res, plan.provenance)
+        # A batch the engine picked on its GPU is also what each model call gets.
+        call_batch = factory.engine.max_batch if engine_options(spec).pick_batch else res.batch_size
     if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
         plan.store.clear()
     plan.store.write_job(plan.provenance)
     plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
     stats = dict(plan.committed)
     if todo:
-        for shard_stats in _run_shards(plan, todo, factory, lock):
+        for shard_stats in _run_shards(plan, todo, factory, call_batch, lock):
             stats[shard_stats["shard"]] = shard_stats
             if progress:
                 progress(shard_stats)
@@ -466,7 +470,9 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: R
     )
 
 
-def _run_shards(plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFactory, lock: RunLock | None):
+def _run_shards(
+    plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFactory, call_batch: int, lock: RunLock | None
+):
     """Prepare, run and write every shard of ``todo``; yields each committed shard's stats. Actors and
     outstanding tasks are ended on every way out, a failure included."""
     res = plan.spec.resources
@@ -502,7 +508,7 @@ def _run_shards(plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFac
                 shard, retry, meta_ref, payload_ref, t0 = preparing.popleft()
                 actor = min(calls, key=calls.get)
                 calls[actor] += 1
-                running[actor.run.remote(payload_ref, res.batch_size)] = (shard, retry, actor, meta_ref, t0)
+                running[actor.run.remote(payload_ref, call_batch)] = (shard, retry, actor, meta_ref, t0)
             ready, _ = ray.wait([*running, *writing], num_returns=1, timeout=LEASE_CHECK_S)
             for ref in ready:
                 if ref in running:

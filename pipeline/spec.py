@@ -157,8 +157,10 @@ class EngineSpec(_Strict):
     cuda_graphs: bool = Field(False, description="torch backend on GPU: compile with CUDA graphs (needs compile).")
     min_batch: int = Field(1, ge=1, le=65_536, description="tensorrt: smallest batch of the dynamic batch profile.")
     max_batch: int | None = Field(
-        None, ge=1, le=65_536, description="Largest batch an engine runs at once (tensorrt: the profile's maximum); "
-        "default: resources.batch_size. The profile's optimum is resources.batch_size."
+        None, ge=1, le=65_536, description="Largest batch an engine runs at once (tensorrt: the profile's maximum). "
+        "Default: on a GPU the torch engine times batches of 8 to 128 once (cached) and keeps the fastest that "
+        "fits, which model calls then get; elsewhere resources.batch_size. The profile's optimum is "
+        "resources.batch_size."
     )
     cache_uri: str | None = Field(
         None, description="Folder or fsspec URI for exported graphs and TensorRT plans, shared by the cluster; "
