@@ -275,7 +275,7 @@ def inspect_output(plan: Plan) -> Plan:
         )
     except InputError as e:
         raise PreflightError(f"input.uri: {e}") from e
-    foreign = store.unowned([s.name for s in shards])
+    foreign = store.unowned([s.name for s in shards], committed)
     if foreign:
         raise PreflightError(
             f"output.uri: {len(foreign)} path(s) this run would write hold files it did not write, e.g. "

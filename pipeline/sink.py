@@ -260,12 +260,11 @@ class OutputStore:
             self._write_json(self.files_path(shard), {"shard": shard, "files": merged})
 
     def _remove_owned(self, shard: str, stats: Mapping[str, Any] | None) -> None:
-        for relative in self.owned_files(shard, stats):
-            path = join(self.root, relative)
-            if self.fs.exists(path):
-                self.fs.rm(path)
-        if self.fs.exists(self.files_path(shard)):
-            self.fs.rm(self.files_path(shard))
+        paths = [join(self.root, relative) for relative in self.owned_files(shard, stats)] + [self.files_path(shard)]
+        if is_local(self.fs):
+            paths = [p for p in paths if self.fs.exists(p)]
+        if paths:
+            self.fs.rm(paths)  # object stores delete a list in bulk, and ignore keys that are not there
         self._prune(self.images_dir(shard))
 
     def _remove_partials(self) -> None:
@@ -299,18 +298,31 @@ class OutputStore:
         self._remove_partials()
         return sorted(removed)
 
-    def unowned(self, shards: list[str]) -> list[str]:
+    def unowned(self, shards: list[str], committed: Mapping[str, Any]) -> list[str]:
         """Paths the job would write for ``shards`` that hold files it has no record of writing (a user's
-        files): writing there would destroy them."""
-        committed = self.committed()
+        files): writing there would destroy them. Five listings, whatever the number of shards."""
+        recorded = self._listed("_files", ".json")
+        kinds = (
+            (self._listed("", ".parquet"), self.data_path),
+            (self._listed("_rejects", ".parquet"), self.rejects_path),
+            (self._listed("_previews", ".png"), self.preview_path),
+            (self._listed("images", ""), self.images_dir),
+        )
         taken = []
         for shard in shards:
-            if shard in committed or self.fs.exists(self.files_path(shard)):
+            if shard in committed or shard in recorded:
                 continue
-            for path in (self.data_path(shard), self.rejects_path(shard), self.preview_path(shard), self.images_dir(shard)):
-                if self.fs.exists(path):
-                    taken.append(path)
+            taken += [path(shard) for present, path in kinds if shard in present]
         return taken
+
+    def _listed(self, folder: str, suffix: str) -> set[str]:
+        """Names (without ``suffix``) of the ``shard-*`` entries directly in ``folder`` of the output."""
+        path = join(self.root, folder) if folder else self.root
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return set()
+        names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False))
+        return {n[: len(n) - len(suffix)] for n in names if n.startswith("shard-") and n.endswith(suffix)}
 
     def clear(self) -> None:
         """Remove every file the job wrote (for a deliberate fresh start); files it did not write stay."""

@@ -168,7 +168,7 @@ def test_cleanup_and_clear_remove_only_what_the_job_recorded(tmp_path):
     assert store.remove_uncommitted() == ["shard-00001"]
     assert not (out / "shard-00001.parquet").exists() and not (out / "images" / "shard-00001").exists()
     assert not (out / "_tmp" / "0123.partial").exists()
-    assert store.unowned(["shard-00003", "shard-00007", "shard-00008"]) == [
+    assert store.unowned(["shard-00003", "shard-00007", "shard-00008"], store.committed()) == [
         f"{store.root}/images/shard-00003", f"{store.root}/shard-00007.parquet"
     ]
     store.clear()
@@ -287,3 +287,20 @@ def test_a_retry_of_an_image_shard_uncommits_it_before_replacing_any_image(tmp_p
     assert json.loads((out / "_files" / "shard-00000.json").read_text())["files"][-1] == "images/shard-00000/b.png"
     assert store.remove_uncommitted() == ["shard-00000"]  # the next run redoes it whole
     assert not (out / "images").exists() or not any((out / "images").rglob("*.png"))
+
+
+def test_cleanup_on_object_storage_removes_recorded_files_in_bulk_and_keeps_the_users(output):
+    fs, root = output
+    uri = root if fs.protocol == "file" or "file" in fs.protocol else f"s3://{root}"
+    store = OutputStore(uri, dict(fs.storage_options))
+    table = latent_table(["a"], ["s"], np.zeros((1, 2, 3), np.float32), {}, "float32")
+    table = table.append_column("image", pa.array([store.image_uri("shard-00000", "a.png")]))
+    store.write_shard("shard-00000", table, [], 10, time.time(), {"inputs": ["a"]}, images={"a.png": b"1", "b/c.png": b"2"})
+    store.uncommit("shard-00000")
+    fs.pipe_file(f"{root}/images/shard-00000/user.png", b"the user's")  # inside a folder named like the job's
+    fs.pipe_file(f"{root}/shard-00001.parquet", b"the user's too")
+    assert store.unowned(["shard-00000", "shard-00001"], store.committed()) == [store.data_path("shard-00001")]
+    assert store.remove_uncommitted() == ["shard-00000"]
+    fs.invalidate_cache()
+    left = sorted(p[len(root) + 1 :] for p in fs.find(root))
+    assert left == ["images/shard-00000/user.png", "shard-00001.parquet"]
