@@ -67,3 +67,16 @@ def write_image_parquet(path: Path, rows: list[tuple[str | None, object]], struc
         images = [None if v is None else {"bytes": v, "path": f"{k}.png"} for k, v in rows]
     pq.write_table(pa.table({"key": keys, "image": images}), path)
     return path
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports nothing listens on once this returns."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

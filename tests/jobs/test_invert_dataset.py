@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datasets import S3_ENV, make_image_folder
+from datasets import S3_ENV, free_ports, make_image_folder
 from factories import make_e2style, write_official
 from datasets import png_bytes
 from jobs.invert_dataset import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main
@@ -152,18 +152,6 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, checkpoint):
         keys += pq.read_table(shard).column("key").to_pylist()
     assert keys == sorted(keys) and len(keys) == len(set(keys)) == 60
     assert main([str(path), "--verify"]) == EXIT_OK
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

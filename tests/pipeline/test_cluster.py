@@ -16,20 +16,10 @@ import psutil
 import pytest
 import ray
 
+from datasets import free_ports
 from pipeline.cluster import ClusterError, check_reachable, start_ray
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on once this returns."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture
