@@ -1,7 +1,8 @@
 """What the engines make of a GPU: images/s and TFLOP/s of the generator and the inversion, in one run.
 
     python benchmarks/bench_gpu.py [--batches 8,16,32,64] [--precisions float32,bfloat16,float16]
-                                   [--stages 1,2] [--compile] [--repeats 10] [--json results.json]
+                                   [--stages 1,2] [--forms grouped,batched,folded] [--compile]
+                                   [--repeats 5] [--json results.json]
 
 On a CUDA GPU it measures the official-size model (seeded random weights, official file format) and the
 card's own bfloat16 matmul rate, and prints, for each precision, modulation form (the research code's
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batches", default="8,16,32,64" if cuda else "1,2")
     parser.add_argument("--precisions", default="float32,bfloat16,float16" if cuda else "float32,bfloat16")
     parser.add_argument("--stages", default="1,2")
+    parser.add_argument("--forms", default=",".join(FORMS), help="modulation forms to measure")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd engines (minutes to build)")
-    parser.add_argument("--repeats", type=int, default=10 if cuda else 1)
+    parser.add_argument("--repeats", type=int, default=5 if cuda else 1)
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             checkpoint = make_checkpoint(work, args.preset, stages)
             for precision in args.precisions.split(","):
                 for compiled in (False, True) if args.compile else (False,):
-                    for form in FORMS:
+                    for form in args.forms.split(","):
                         rows += bench_engine(checkpoint, stages, precision, compiled, form, batches, args.repeats, device, peak)
     if args.json:
         args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "matmul_tflops": peak, "rows": rows}, indent=1))
