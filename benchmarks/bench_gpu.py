@@ -1,14 +1,15 @@
 """What the engines make of a GPU: images/s and TFLOP/s of the generator and the inversion, in one run.
 
     python benchmarks/bench_gpu.py [--batches 8,16,32,64] [--precisions float32,bfloat16,float16]
-                                   [--stages 1,2] [--forms grouped,batched,folded] [--compile]
+                                   [--stages 1,2] [--forms grouped,batched,folded] [--compile] [--aoti]
                                    [--repeats 5] [--json results.json]
 
 On a CUDA GPU it measures the official-size model (seeded random weights, official file format) and the
 card's own bfloat16 matmul rate, and prints, for each precision, modulation form (the research code's
 ``grouped``, ``batched`` and ``batched`` with the upsampling blur ``folded`` into its convolution) and batch: the generator alone (W+ -> 256 px
 reconstruction, as every refinement stage and restoration runs it), then 1- and 2-stage latents and
-latents + 256 px, eager and (with ``--compile``) compiled, with each engine's accuracy-gate verdict.
+latents + 256 px, eager and (with ``--compile``) compiled, and (with ``--aoti``) AOTInductor packages with
+their compile and load times, with each engine's accuracy-gate verdict.
 Without CUDA it runs the same code on the CPU with the ``tiny-64`` preset, so the test suite runs it and
 it cannot rot; only GPU numbers belong in BENCHMARKS.md. Timings synchronise the GPU.
 """
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--stages", default="1,2")
     parser.add_argument("--forms", default=",".join(FORMS), help="modulation forms to measure")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd engines (minutes to build)")
+    parser.add_argument("--aoti", action="store_true", help="also AOTInductor engines: compile, then load from the cache")
     parser.add_argument("--repeats", type=int, default=5 if cuda else 1)
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -134,6 +136,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for compiled in (False, True) if args.compile else (False,):
                     for form in args.forms.split(","):
                         rows += bench_engine(checkpoint, stages, precision, compiled, form, batches, args.repeats, device, peak)
+                if args.aoti:
+                    rows += bench_engine(
+                        checkpoint, stages, precision, False, "batched", batches, args.repeats, device, peak,
+                        backend="aoti", cache_uri=str(work / "engines"),
+                    )
     if args.json:
         args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "matmul_tflops": peak, "rows": rows}, indent=1))
     return rows
@@ -141,9 +148,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def bench_engine(
     checkpoint: str, stages: int, precision: str, compiled: bool, form: str, batches: list[int], repeats: int,
-    device: torch.device, peak: float,
+    device: torch.device, peak: float, backend: str = "torch", cache_uri: str | None = None,
 ) -> list[dict]:
-    options = EngineOptions(precision=precision, compile=compiled, modulation=form, max_batch=max(batches))
+    options = EngineOptions(
+        backend=backend, precision=precision, compile=compiled, modulation=form, max_batch=max(batches), cache_uri=cache_uri
+    )
     started = time.perf_counter()
     try:
         engine = build_engine(checkpoint, options, device=device)
@@ -152,6 +161,11 @@ def bench_engine(
         return []
     verdict = engine.gate_report.describe() if engine.gate_report else "the float32 reference (no gate)"
     print(f"# {options.name} {form}, {stages} stage(s): built in {time.perf_counter() - started:.1f} s; {verdict}", flush=True)
+    if backend == "aoti":  # what each actor pays: loading the compiled packages from the cache
+        started = time.perf_counter()
+        engine = build_engine(checkpoint, options, device=device, gate=False)
+        print(f"# {options.name}, {stages} stage(s): loaded from the cache in {time.perf_counter() - started:.1f} s", flush=True)
+        form = "aoti"
     size, cfg = engine.config.image_size, engine.config
     rows = []
     for batch in batches:

@@ -35,7 +35,7 @@ from operators.stylegan2.layers import MODULATION_FORMS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # Bumped whenever engines/graphs.py changes what it exports, so cached graphs of older code are misses.
 GRAPH_VERSION = 1
@@ -230,6 +230,10 @@ def _build(model: E2Style, info: CheckpointInfo, options: EngineOptions, device:
         runners = _torch_runners(model, stages, options, device)
     elif options.backend == "onnxruntime":
         runners = _onnx_runners(model, stages, options, device)
+    elif options.backend == "aoti":
+        from engines.aoti import aoti_runners
+
+        runners = aoti_runners(model, stages, options, device)
     else:
         from engines.tensorrt import tensorrt_runners
 

@@ -142,8 +142,9 @@ class GateSpec(_Strict):
 
 
 class EngineSpec(_Strict):
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
-        "torch", description="torch (eager or compiled), onnxruntime (CPU, or CUDA when present) or tensorrt (GPU)."
+    backend: Literal["torch", "onnxruntime", "tensorrt", "aoti"] = Field(
+        "torch", description="torch (eager or compiled), onnxruntime (CPU, or CUDA when present), tensorrt (GPU) or "
+        "aoti (graphs compiled ahead of time by AOTInductor once, cached under cache_uri, loaded by every actor)."
     )
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Arithmetic precision; reduced precision needs torch on a GPU or tensorrt."
