@@ -51,7 +51,7 @@ def base_spec(tmp_path, checkpoint) -> dict:
         (lambda s: s["model"].update(checkpoint="/nowhere/e2style.pt"), r"model\.checkpoint: checkpoint /nowhere/e2style\.pt does not exist"),
         (lambda s: s["model"].update(stages=3), r"model\.checkpoint: checkpoint .* holds 2 stage\(s\).*asked for 3"),
         (lambda s: s["input"].update(uri="/nowhere/faces"), r"input\.uri: input /nowhere/faces does not exist"),
-        (lambda s: s.update(engine={"backend": "tvm"}), r"engine\.backend: Input should be 'torch', 'onnxruntime' or 'tensorrt'"),
+        (lambda s: s.update(engine={"backend": "tvm"}), r"engine\.backend: Input should be 'torch', 'onnxruntime', 'tensorrt' or 'aoti'"),
         (lambda s: s.update(engine={"backend": "onnxruntime", "precision": "float16"}), r"engine: Value error, onnxruntime runs float32 only"),
         (lambda s: s.update(engine={"cuda_graphs": True}), r"engine: Value error, cuda_graphs needs compile: true"),
     ],
