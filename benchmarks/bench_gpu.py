@@ -184,7 +184,7 @@ def bench_engine(
             }
             rows.append(row)
             print(
-                f"| {what} | {stages} | {options.name} | {form} | {batch} | {batch / seconds:.1f} | {tflops:.3g} "
+                f"| {what} | {stages} | {options.name} | {form} | {batch} | {batch / seconds:.3g} | {tflops:.3g} "
                 f"| {100 * tflops / peak:.1f}% |",
                 flush=True,
             )

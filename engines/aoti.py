@@ -52,8 +52,9 @@ def device_identity(device: torch.device) -> dict[str, str]:
 
 
 def compile_package(module: nn.Module, inputs: dict[str, torch.Tensor], max_batch: int) -> bytes:
-    """The AOTInductor package of ``module`` for batches 1..max_batch."""
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    """The AOTInductor package of ``module`` for batches 1..max_batch (``inputs``: a batch of 2, as export
+    would fix a batch axis of size 1)."""
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))  # a Dim needs min < max
     with torch.no_grad():
         # One spec per argument: the wrapper takes the graph's inputs as varargs, a tuple of them.
         program = torch.export.export(module, tuple(inputs.values()), dynamic_shapes=(tuple({0: batch} for _ in inputs),))
@@ -78,7 +79,7 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
     for name, graph in model_graphs(model, stages, exportable=True):
         digest = module_digest(graph)  # of the float32 weights, before the copy moves anywhere
         module = _Autocast(graph.to(device), device.type, dtype).eval()
-        inputs = {k: v.to(device) for k, v in example_inputs(name, model, min(2, options.max_batch)).items()}
+        inputs = {k: v.to(device) for k, v in example_inputs(name, model, 2).items()}
 
         def build(module=module, inputs=inputs) -> bytes:
             return compile_package(module, inputs, options.max_batch)

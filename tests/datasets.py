@@ -80,3 +80,22 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def kill_process_tree(process) -> None:
+    """SIGKILL a process started with ``start_new_session=True``, its group, and every process under it
+    (Ray's workers leave the group), then wait until all are gone."""
+    import contextlib
+    import os
+    import signal
+
+    import psutil
+
+    below = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    process.wait()
+    psutil.wait_procs(below, timeout=30)

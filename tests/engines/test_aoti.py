@@ -35,3 +35,11 @@ def test_an_aoti_engine_is_compiled_once_gated_and_loaded_from_the_cache(tmp_pat
     again = build_engine(checkpoint, options, gate=False)  # as an actor loads it
     assert time.perf_counter() - started < compiled_in / 3
     torch.testing.assert_close(again.invert(x), codes, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_an_aoti_engine_of_batch_one(tmp_path):
+    checkpoint = str(write_official(make_e2style(stages=1, seed=9), tmp_path / "e2style.pt"))
+    engine = build_engine(checkpoint, EngineOptions(backend="aoti", max_batch=1), gate=False)
+    x = images(2, 3, 32, seed=4)
+    torch.testing.assert_close(engine.invert(x), load_inverter(checkpoint).invert(x), rtol=0, atol=2e-5)

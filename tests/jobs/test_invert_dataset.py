@@ -1,20 +1,17 @@
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datasets import S3_ENV, free_ports, make_image_folder
+from datasets import S3_ENV, free_ports, kill_process_tree, make_image_folder
 from factories import make_e2style, write_official
 from datasets import png_bytes
 from jobs.invert_dataset import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main
@@ -133,13 +130,7 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, checkpoint):
         time.sleep(0.05)
     # Ray's workers leave the driver's process group, so kill the whole tree: a worker that outlived the
     # count below could still commit a shard.
-    local_ray = psutil.Process(job.pid).children(recursive=True)
-    os.killpg(job.pid, signal.SIGKILL)
-    for process in local_ray:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    job.wait()
-    psutil.wait_procs(local_ray, timeout=30)
+    kill_process_tree(job)
     committed = len(list(stats.glob("*.json")))
     assert 2 <= committed < 10, f"{committed} shards committed before the kill"
 
@@ -188,8 +179,7 @@ def test_ray_job_submit_to_a_cluster(tmp_path, checkpoint):
         assert submit.returncode == 0, logs
         assert "succeeded: 3 of 3 records inverted" in logs, logs
     finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+        kill_process_tree(head)
         shutil.rmtree(ray_dir, ignore_errors=True)
     keys = []
     for shard in sorted((tmp_path / "out").glob("shard-*.parquet")):

@@ -1,10 +1,8 @@
 """Which Ray a job runs on: a named cluster that does not answer fails in seconds, naming where the address
 came from; no address starts a Ray of the job's own even beside a cluster running on the machine."""
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,11 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import ray
 
-from datasets import free_ports
+from datasets import free_ports, kill_process_tree
 from pipeline.cluster import ClusterError, check_reachable, start_ray
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +115,5 @@ def test_no_address_starts_a_new_ray_beside_a_running_cluster():
         assert described == f"a local Ray started for this job ({joined})"
         assert joined != would_join and not joined.endswith(f":{gcs}"), joined
     finally:
-        # The head and every process it started, by id (`ray stop` would stop every Ray on the machine).
-        started = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        for process in started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        head.wait()
-        psutil.wait_procs(started, timeout=30)
+        kill_process_tree(head)  # by id: `ray stop` would stop every Ray on the machine
         shutil.rmtree(ray_tmp, ignore_errors=True)
