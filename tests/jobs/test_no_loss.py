@@ -375,3 +375,22 @@ def test_unreachable_or_unwritable_storage_is_one_line_and_exit_2(tmp_path, chec
     line = one_error_line(capsys)
     assert line.startswith(f"error: output.uri: cannot write to {tmp_path}/a-file/out: "), line
     assert (tmp_path / "a-file").read_bytes() == b"not a folder"
+
+
+def test_an_edit_whose_output_lies_inside_its_input_is_refused(tmp_path, checkpoint, capsys):
+    """It would read its own images back as input on every rerun."""
+    folder = tmp_path / "in"
+    make_image_folder(folder, good=2)
+    np.save(tmp_path / "direction.npy", np.ones(make_e2style(stages=1, seed=71).config.style_dim, np.float32))
+    before = snapshot(folder)
+    for field, source in (("uri", str(folder)), ("latents", str(folder))):
+        path = tmp_path / "edit.yaml"
+        path.write_text(yaml.safe_dump({
+            "input": {field: source},
+            "model": {"checkpoint": str(checkpoint)},
+            "output": {"uri": f"file://{folder}/edits/"},
+            "edit": {"kind": "direction", "direction": str(tmp_path / "direction.npy")},
+        }))
+        assert run(edit.main, path) == EXIT_BAD_SPEC
+        assert re.search(rf"output\.uri file://{folder}/edits/ and input\.{field} {folder} overlap", one_error_line(capsys))
+    assert snapshot(folder) == before
