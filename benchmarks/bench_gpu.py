@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engines import official_checkpoint, write_checkpoint  # noqa: E402
+from engines.batching import seconds_per_call  # noqa: E402
 from engines.engine import EngineOptions, build_engine  # noqa: E402
 from engines.gate import gate_batch  # noqa: E402
 from operators.e2style import E2Style  # noqa: E402
@@ -47,21 +48,6 @@ def make_checkpoint(folder: Path, preset: str, stages: int) -> str:
         torch.manual_seed(0)
         write_checkpoint(official_checkpoint(E2Style(dataclasses.replace(get_preset(preset), stages=stages))), str(path))
     return str(path)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_per_call(run, repeats: int, device: torch.device) -> float:
-    run()  # warm-up: cuDNN's algorithm search, compilation
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    synchronize(device)
-    return (time.perf_counter() - started) / repeats
 
 
 def matmul_tflops(device: torch.device) -> float:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engines.cache import EngineCache
+from engines.cache import EngineCache, device_identity
 from engines.graphs import OUTPUT_NAMES, example_inputs, model_graphs
 from operators.e2style import E2Style
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 # Bumped when what is exported or how it is compiled changes, so older packages are misses.
 PACKAGE_VERSION = 1
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class _Autocast(nn.Module):
@@ -42,13 +41,6 @@ class _Autocast(nn.Module):
             return self.module(*inputs)
         with torch.autocast(self.device_type, dtype=self.dtype):
             return self.module(*inputs).float()
-
-
-def device_identity(device: torch.device) -> dict[str, str]:
-    if device.type != "cuda":
-        return {"device": "cpu"}
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"device": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
 
 
 def compile_package(module: nn.Module, inputs: dict[str, torch.Tensor], max_batch: int) -> bytes:
@@ -71,10 +63,10 @@ def load_package(data: bytes) -> "Runner":
 
 
 def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: torch.device) -> dict[str, "Runner"]:
-    from engines.engine import module_digest
+    from engines.engine import AUTOCAST_DTYPES, module_digest
 
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
-    dtype = DTYPES[options.precision]
+    dtype = AUTOCAST_DTYPES[options.precision]
     runners = {}
     for name, graph in model_graphs(model, stages, exportable=True):
         digest = module_digest(graph)  # of the float32 weights, before the copy moves anywhere

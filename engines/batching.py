@@ -39,13 +39,19 @@ def invert_rate(engine, batch: int) -> float:
     """images/s of ``engine.invert`` (what every job runs) on a batch of the gate's images."""
     cfg = engine.config
     x = gate_batch(batch, cfg.input_channels, cfg.image_size, seed=3).to(engine.device)
-    engine.invert(x)  # warm-up: cuDNN's algorithm search, compilation, CUDA graph capture
-    _synchronize(engine.device)
+    return batch / seconds_per_call(lambda: engine.invert(x), REPEATS, engine.device)
+
+
+def seconds_per_call(run: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Mean seconds of ``run()`` over ``repeats`` calls after one warm-up call (cuDNN's algorithm search,
+    compilation, CUDA graph capture), the GPU synchronised around them."""
+    run()
+    _synchronize(device)
     started = time.perf_counter()
-    for _ in range(REPEATS):
-        engine.invert(x)
-    _synchronize(engine.device)
-    return REPEATS * batch / (time.perf_counter() - started)
+    for _ in range(repeats):
+        run()
+    _synchronize(device)
+    return (time.perf_counter() - started) / repeats
 
 
 def _synchronize(device: torch.device) -> None:

@@ -21,6 +21,17 @@ import fsspec
 log = logging.getLogger(__name__)
 
 
+def device_identity(device) -> dict[str, str]:
+    """What an entry built for ``device`` (a torch.device) is valid on: the GPU model and compute
+    capability, or the CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return {"gpu": "cpu"}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
 def cache_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()
 

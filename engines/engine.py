@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from engines.batching import cached_pick, invert_rate
-from engines.cache import EngineCache
+from engines.cache import EngineCache, device_identity
 from engines.checkpoints import CheckpointInfo, load_e2style
 from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_batch, run_gate
 from engines.graphs import OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
 PRECISIONS = ("float32", "bfloat16", "float16")
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # None: no autocast
 # Bumped whenever engines/graphs.py changes what it exports, so cached graphs of older code are misses.
 GRAPH_VERSION = 1
 Runner = Callable[..., torch.Tensor]  # keyword tensors -> output tensor on the engine's device
@@ -191,8 +192,7 @@ def choose_batch(engine: Engine, model: E2Style, measure: Callable[[int], float]
         return engine
     device = engine.device
     fields = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
+        **device_identity(device),
         "torch": torch.__version__,
         "precision": options.precision,
         "modulation": options.modulation_on(device),
@@ -242,7 +242,7 @@ def _build(model: E2Style, info: CheckpointInfo, options: EngineOptions, device:
 
 
 def _torch_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[options.precision]
+    dtype = AUTOCAST_DTYPES[options.precision]
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
     runners = {}
     for name, module in model_graphs(model, stages, exportable=False, modulation=options.modulation_on(device)):

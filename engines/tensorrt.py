@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engines.cache import EngineCache
+from engines.cache import EngineCache, device_identity
 from engines.precision import lower_precision
 
 if TYPE_CHECKING:
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
 # Bumped when the reduced-precision rule (engines.precision) changes, so older plans are misses.
 PRECISION_RULE_VERSION = 2
 WORKSPACE_BYTES = 8 << 30
-
-
-def gpu_identity(device: torch.device) -> dict[str, str]:
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
 
 
 def plan_fields(graph: str, onnx: bytes, options: "EngineOptions", tensorrt_version: str, gpu: dict[str, str]) -> dict:
@@ -123,7 +118,7 @@ def tensorrt_runners(options: "EngineOptions", device: torch.device, graphs: dic
         import tensorrt as trt
     except ImportError as e:
         raise ValueError("the tensorrt backend needs the tensorrt package: pip install -e '.[tensorrt]'") from e
-    gpu = gpu_identity(device)
+    gpu = device_identity(device)
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
     timing_fields = {"kind": "tensorrt-timing-cache", "tensorrt": trt.__version__, **gpu}
     timing = cache.get(timing_fields) if cache else None

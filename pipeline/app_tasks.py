@@ -313,9 +313,10 @@ class WriteImages:
         keys, sources = meta["keys"], meta["sources"]
         names = [image_name(keys[r], variant, self.image_format) for r, variant, _ in meta["rows"]]
         taken = set()
-        if retry:  # recovered records must not take the names of the shard's committed images
-            prefix = store.image_uri(shard.name, "")
-            taken = {uri[len(prefix) :] for uri in store.read_latents(shard.name).column("image").to_pylist()}
+        if retry:  # recovered records must not take the names of the images the shard already has
+            folder = f"images/{shard.name}/"
+            owned = store.owned_files(shard.name, store.committed_stats(shard.name))
+            taken = {path[len(folder) :] for path in owned if path.startswith(folder)}
         unwritable = unwritable_names(meta["rows"], names, keys, taken, len(store.images_dir(shard.name).encode()))
         rejects = meta["rejects"] + [(keys[r], sources[r], reason) for r, reason in sorted(unwritable.items())]
         kept = [i for i, (r, _, _) in enumerate(meta["rows"]) if r not in unwritable]

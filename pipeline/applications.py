@@ -7,7 +7,6 @@ Listing, incremental shards, commits, rejects, retries, progress and --verify ar
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -18,14 +17,12 @@ from pipeline.app_models import EditModel, RestoreModel, translate
 from pipeline.app_specs import TASK_DATASET_TYPES, EditSpec, RestoreSpec, TranslateSpec
 from pipeline.app_tasks import PrepareEdit, PrepareRestore, PrepareTranslate, WriteImages
 from pipeline.decode import read_records
-from pipeline.runner import JobKind, Plan, PreflightError, Work
-from pipeline.secrets import redact_uri
+from pipeline.runner import JobKind, Plan, PreflightError, Work, index_keys
 from pipeline.shards import Shard, list_shards
 from pipeline.sink import OutputStore
 from pipeline.storage import filesystem
 
 TRANSLATION_CHANNELS = {"sketch_to_face": 1, "segmentation_to_face": 19}
-READERS = 8  # files read at once when indexing keys
 
 
 def check_task(spec, info, task: str) -> None:
@@ -234,15 +231,6 @@ def key_index(spec: EditSpec, shards: list[Shard]) -> dict[str, Shard]:
                 return pq.read_table(f, columns=["key"]).column("key").to_pylist()
         return [key for key, _, _ in read_records(shard, spec.input.storage_options, spec.input.image_column, spec.input.key_column)]
 
-    index: dict[str, Shard] = {}
-    with ThreadPoolExecutor(READERS) as pool:
-        for shard, keys in zip(shards, pool.map(keys_of, shards)):
-            for key in keys:
-                first = index.setdefault(key, shard)
-                if first is not shard:  # a join by key would pair records of different files
-                    raise PreflightError(
-                        f"input: key {key!r} is in both {redact_uri(first.source)} and {redact_uri(shard.source)}; "
-                        "the records an edit names must have unique keys"
-                    )
-    return index
+    # A join by a key two files hold would pair records of different files.
+    return index_keys(shards, keys_of, "input", "the records an edit names must have unique keys")
 

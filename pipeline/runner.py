@@ -308,24 +308,33 @@ def check_disjoint(spec: JobSpec) -> None:
             )
 
 
+def index_keys(shards: list[Shard], keys_of: Callable[[Shard], list], field: str, why: str) -> dict[str, Shard]:
+    """key -> the shard that holds it, the files read ``KEY_READERS`` at a time. A key two files hold is
+    refused (PreflightError naming ``field``, both files and ``why``); repeats inside one file are not
+    this index's to judge."""
+    index: dict[str, Shard] = {}
+    with ThreadPoolExecutor(KEY_READERS) as pool:
+        for shard, keys in zip(shards, pool.map(keys_of, shards)):
+            for key in keys:
+                first = index.setdefault(key, shard)
+                if first is not shard:
+                    raise PreflightError(
+                        f"{field}: key {key!r} is in both {redact_uri(first.source)} and "
+                        f"{redact_uri(shard.source)}; {why}"
+                    )
+    return index
+
+
 def check_unique_keys(shards: list[Shard], storage_options, key_column: str) -> None:
     """Refuse ``key_column`` values that two Parquet files share, naming both files (a key repeated
     inside one file is that row's reject)."""
-    def keys_of(shard: Shard) -> list:
+    def keys_of(shard: Shard) -> set[str]:
         fs, path = filesystem(shard.source, storage_options)
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=[key_column]).column(key_column).to_pylist()
+            keys = pq.read_table(f, columns=[key_column]).column(key_column).to_pylist()
+        return {str(k) for k in keys if k is not None}
 
-    owner: dict[str, Shard] = {}
-    with ThreadPoolExecutor(KEY_READERS) as pool:
-        for shard, keys in zip(shards, pool.map(keys_of, shards)):
-            for key in {str(k) for k in keys if k is not None}:
-                first = owner.setdefault(key, shard)
-                if first is not shard:
-                    raise PreflightError(
-                        f"input.key_column: key {key!r} is in both {redact_uri(first.source)} and "
-                        f"{redact_uri(shard.source)}; keys must be unique across the input"
-                    )
+    index_keys(shards, keys_of, "input.key_column", "keys must be unique across the input")
 
 
 def _reason(e: BaseException) -> str:
@@ -414,17 +423,18 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: R
     if todo:
         _check_cluster_fits(res)
         use_gpu = res.num_gpus_per_actor > 0
+        options = engine_options(spec)
         factory = InverterFactory(
             checkpoint=spec.model.checkpoint,
             stages=plan.provenance["stages"],
             device="cuda" if use_gpu else "cpu",
             threads=math.ceil(res.num_cpus_per_actor),
             storage_options=dict(spec.model.storage_options),
-            engine=engine_options(spec),
+            engine=options,
         )
         factory = _prepare(factory, res, plan.provenance)
         # A batch the engine picked on its GPU is also what each model call gets.
-        call_batch = factory.engine.max_batch if engine_options(spec).pick_batch else res.batch_size
+        call_batch = factory.engine.max_batch if options.pick_batch else res.batch_size
     if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
         plan.store.clear()
     plan.store.write_job(plan.provenance)

@@ -241,14 +241,11 @@ class OutputStore:
             files.append(f"_previews/{shard}.png")
         if self.fs.exists(self.data_path(shard)):
             with self.fs.open(self.data_path(shard), "rb") as f:
-                schema = pq.read_schema(f)
-            if "image" in schema.names:
-                with self.fs.open(self.data_path(shard), "rb") as f:
+                rows = pq.ParquetFile(f)
+                if "image" in rows.schema_arrow.names:
                     prefix = self.image_uri(shard, "")
-                    files += [
-                        f"images/{shard}/{uri[len(prefix):]}"
-                        for uri in pq.read_table(f, columns=["image"]).column("image").to_pylist()
-                    ]
+                    uris = rows.read(columns=["image"]).column("image").to_pylist()
+                    files += [f"images/{shard}/{uri[len(prefix):]}" for uri in uris]
         return files
 
     def _claim(self, shard: str, files: list[str]) -> None:
@@ -285,28 +282,21 @@ class OutputStore:
     def remove_uncommitted(self) -> list[str]:
         """Delete what the job wrote for shards it did not commit (an interrupted run); their names.
         Files the job has no record of writing stay, whatever their names."""
-        committed = set(self.committed())
-        folder = join(self.root, "_files")
-        self.fs.invalidate_cache(folder)
-        records = self.fs.glob(join(folder, "shard-*.json"))
-        removed = []
-        for path in records:
-            name = path.rsplit("/", 1)[-1].removesuffix(".json")
-            if name not in committed:
-                self._remove_owned(name, None)
-                removed.append(name)
+        removed = sorted(self.listed("_files", ".json") - set(self.committed()))
+        for name in removed:
+            self._remove_owned(name, None)
         self._remove_partials()
-        return sorted(removed)
+        return removed
 
     def unowned(self, shards: list[str], committed: Mapping[str, Any]) -> list[str]:
         """Paths the job would write for ``shards`` that hold files it has no record of writing (a user's
         files): writing there would destroy them. Five listings, whatever the number of shards."""
-        recorded = self._listed("_files", ".json")
+        recorded = self.listed("_files", ".json")
         kinds = (
-            (self._listed("", ".parquet"), self.data_path),
-            (self._listed("_rejects", ".parquet"), self.rejects_path),
-            (self._listed("_previews", ".png"), self.preview_path),
-            (self._listed("images", ""), self.images_dir),
+            (self.listed("", ".parquet"), self.data_path),
+            (self.listed("_rejects", ".parquet"), self.rejects_path),
+            (self.listed("_previews", ".png"), self.preview_path),
+            (self.listed("images", ""), self.images_dir),
         )
         taken = []
         for shard in shards:
@@ -315,7 +305,7 @@ class OutputStore:
             taken += [path(shard) for present, path in kinds if shard in present]
         return taken
 
-    def _listed(self, folder: str, suffix: str) -> set[str]:
+    def listed(self, folder: str, suffix: str) -> set[str]:
         """Names (without ``suffix``) of the ``shard-*`` entries directly in ``folder`` of the output."""
         path = join(self.root, folder) if folder else self.root
         self.fs.invalidate_cache(path)

@@ -20,7 +20,6 @@ from pipeline.runner import INVERSION, JobKind, PreflightError
 from pipeline.shards import Shard, assign_shards
 from pipeline.sink import LATENT_COLUMN, METADATA_KEY, OutputStore
 from pipeline.spec import JobSpec
-from pipeline.storage import join
 
 EXAMPLES = 5  # keys quoted per difference; the counts are always complete
 READERS = 8  # shards checked at once (the work is reading files)
@@ -214,13 +213,10 @@ def verify_output(spec: JobSpec, kind: JobKind = INVERSION) -> VerifyReport:
         problems.append(
             f"{len(repeated)} key(s) in more than one shard: {_quote(repeated)} ({k!r} is in {', '.join(holders[k])})"
         )
-    stray = sorted(
-        p.rsplit("/", 1)[-1]
-        for p in store.fs.glob(join(store.root, "shard-*.parquet"))
-        if p.rsplit("/", 1)[-1].removesuffix(".parquet") not in names | set(committed)
-    )
-    foreign = [name for name in stray if not store.fs.exists(store.files_path(name.removesuffix(".parquet")))]
-    stray = [name for name in stray if name not in foreign]
+    unlisted = store.listed("", ".parquet") - names - set(committed)
+    recorded = store.listed("_files", ".json")
+    stray = [f"{name}.parquet" for name in sorted(unlisted & recorded)]
+    foreign = [f"{name}.parquet" for name in sorted(unlisted - recorded)]
     if stray:
         problems.append(f"{len(stray)} data file(s) for shards the input does not have: {_quote(stray)}")
     notes = [f"{len(gone)} committed shard(s) read input that is no longer listed: {_quote(gone)}"] if gone else []

@@ -141,11 +141,17 @@ def test_locations_that_do_not_overlap(tmp_path):
     assert not overlap(location("s3://bucket/faces"), location("s3://bucket/faces-latents"))
 
 
+def image_rows(store: OutputStore, names: dict[str, str]) -> pa.Table:
+    """An image job's rows for shard-00000: key -> the name of its image."""
+    keys = list(names)
+    table = latent_table(keys, [f"file:///{k}" for k in keys], np.zeros((len(keys), 2, 3), np.float32), {}, "float32")
+    return table.append_column("image", pa.array([store.image_uri("shard-00000", names[k]) for k in keys]))
+
+
 def test_cleanup_and_clear_remove_only_what_the_job_recorded(tmp_path):
     out = tmp_path / "out"
     store = OutputStore(str(out), {})
-    table = latent_table(["a"], ["file:///a"], np.zeros((1, 2, 3), np.float32), {}, "float32")
-    table = table.append_column("image", pa.array([store.image_uri("shard-00000", "a.png")]))
+    table = image_rows(store, {"a": "a.png"})
     store.write_shard("shard-00000", table, [("b", "file:///b", "bad")], 10, time.time(), {"inputs": ["a", "b"]},
                       images={"a.png": b"png"}, preview=b"preview")
     store.write_job({"job": "inversion"})
@@ -180,8 +186,7 @@ def test_cleanup_and_clear_remove_only_what_the_job_recorded(tmp_path):
 def test_clear_finds_the_files_of_shards_committed_before_records_existed(tmp_path):
     out = tmp_path / "out"
     store = OutputStore(str(out), {})
-    table = latent_table(["a"], ["file:///a"], np.zeros((1, 2, 3), np.float32), {}, "float32")
-    table = table.append_column("image", pa.array([store.image_uri("shard-00000", "a/b.png")]))
+    table = image_rows(store, {"a": "a/b.png"})
     store.write_shard("shard-00000", table, [("c", "s", "e")], 10, time.time(), {"inputs": ["a", "c"]},
                       images={"a/b.png": b"png"}, preview=b"p", extra={"preview_rows": 1})
     (out / "_files" / "shard-00000.json").unlink()  # as an older version left it
@@ -267,8 +272,7 @@ def test_a_retry_of_an_image_shard_uncommits_it_before_replacing_any_image(tmp_p
     store = OutputStore(str(out), {})
 
     def rows(keys):
-        table = latent_table(keys, [f"file:///{k}" for k in keys], np.zeros((len(keys), 2, 3), np.float32), {}, "float32")
-        return table.append_column("image", pa.array([store.image_uri("shard-00000", f"{k}.png") for k in keys]))
+        return image_rows(store, {k: f"{k}.png" for k in keys})
 
     store.write_shard("shard-00000", rows(["a"]), [("b", "file:///b", "truncated")], 10, time.time(),
                       {"inputs": ["a", "b"]}, images={"a.png": b"a"})
@@ -293,8 +297,7 @@ def test_cleanup_on_object_storage_removes_recorded_files_in_bulk_and_keeps_the_
     fs, root = output
     uri = root if fs.protocol == "file" or "file" in fs.protocol else f"s3://{root}"
     store = OutputStore(uri, dict(fs.storage_options))
-    table = latent_table(["a"], ["s"], np.zeros((1, 2, 3), np.float32), {}, "float32")
-    table = table.append_column("image", pa.array([store.image_uri("shard-00000", "a.png")]))
+    table = image_rows(store, {"a": "a.png"})
     store.write_shard("shard-00000", table, [], 10, time.time(), {"inputs": ["a"]}, images={"a.png": b"1", "b/c.png": b"2"})
     store.uncommit("shard-00000")
     fs.pipe_file(f"{root}/images/shard-00000/user.png", b"the user's")  # inside a folder named like the job's
