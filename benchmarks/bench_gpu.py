@@ -1,12 +1,14 @@
 """What the engines make of a GPU: images/s and TFLOP/s of the generator and the inversion, in one run.
 
     python benchmarks/bench_gpu.py [--batches 8,16,32,64] [--precisions float32,bfloat16,float16]
-                                   [--stages 1,2] [--forms grouped,batched,folded] [--compile] [--aoti]
+                                   [--stages 1,2] [--forms grouped,batched,folded,fused,fused-folded]
+                                   [--compile] [--aoti] [--aoti-form fused]
                                    [--repeats 5] [--json results.json]
 
 On a CUDA GPU it measures the official-size model (seeded random weights, official file format) and the
-card's own bfloat16 matmul rate, and prints, for each precision, modulation form (the research code's
-``grouped``, ``batched`` and ``batched`` with the upsampling blur ``folded`` into its convolution) and batch: the generator alone (W+ -> 256 px
+card's own bfloat16 matmul rate, and prints, for each precision, generator form (engines.graphs: the research
+code's ``grouped``, ``batched``, ``batched`` with the upsampling blur ``folded`` into its convolution, and the
+``fused`` generator prepared for inference, with or without the fold) and batch: the generator alone (W+ -> 256 px
 reconstruction, as every refinement stage and restoration runs it), then 1- and 2-stage latents and
 latents + 256 px, eager and (with ``--compile``) compiled, and (with ``--aoti``) AOTInductor packages with
 their compile and load times, with each engine's accuracy-gate verdict.
@@ -36,10 +38,10 @@ from engines import official_checkpoint, write_checkpoint  # noqa: E402
 from engines.batching import seconds_per_call  # noqa: E402
 from engines.engine import EngineOptions, build_engine  # noqa: E402
 from engines.gate import gate_batch  # noqa: E402
+from engines.graphs import GENERATOR_FORMS  # noqa: E402
 from operators.e2style import E2Style  # noqa: E402
 from operators.presets import get_preset  # noqa: E402
 
-FORMS = ("grouped", "batched", "folded")
 
 
 def make_checkpoint(folder: Path, preset: str, stages: int) -> str:
@@ -95,9 +97,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batches", default="8,16,32,64" if cuda else "1,2")
     parser.add_argument("--precisions", default="float32,bfloat16,float16" if cuda else "float32,bfloat16")
     parser.add_argument("--stages", default="1,2")
-    parser.add_argument("--forms", default=",".join(FORMS), help="modulation forms to measure")
+    parser.add_argument("--forms", default=",".join(GENERATOR_FORMS), help="generator forms to measure")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd engines (minutes to build)")
     parser.add_argument("--aoti", action="store_true", help="also AOTInductor engines: compile, then load from the cache")
+    parser.add_argument("--aoti-form", default="fused", help="the generator form of the AOTInductor engines")
     parser.add_argument("--repeats", type=int, default=5 if cuda else 1)
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoints (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         rows += bench_engine(checkpoint, stages, precision, compiled, form, batches, args.repeats, device, peak)
                 if args.aoti:
                     rows += bench_engine(
-                        checkpoint, stages, precision, False, "batched", batches, args.repeats, device, peak,
+                        checkpoint, stages, precision, False, args.aoti_form, batches, args.repeats, device, peak,
                         backend="aoti", cache_uri=str(work / "engines"),
                     )
     if args.json:
@@ -151,7 +154,7 @@ def bench_engine(
         started = time.perf_counter()
         engine = build_engine(checkpoint, options, device=device, gate=False)
         print(f"# {options.name}, {stages} stage(s): loaded from the cache in {time.perf_counter() - started:.1f} s", flush=True)
-        form = "aoti"
+        form = f"aoti {form}"
     size, cfg = engine.config.image_size, engine.config
     rows = []
     for batch in batches:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from engines.cache import EngineCache, device_identity
-from engines.graphs import OUTPUT_NAMES, example_inputs, model_graphs
+from engines.graphs import FUSED_FORMS, OUTPUT_NAMES, example_inputs, model_graphs
 from operators.e2style import E2Style
 
 if TYPE_CHECKING:
@@ -67,10 +67,13 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
 
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
     dtype = AUTOCAST_DTYPES[options.precision]
+    form = options.modulation
     runners = {}
-    for name, graph in model_graphs(model, stages, exportable=True):
-        digest = module_digest(graph)  # of the float32 weights, before the copy moves anywhere
-        module = _Autocast(graph.to(device), device.type, dtype).eval()
+    for name, graph in model_graphs(model, stages, True, form, dtype or torch.float32, options.channels_last):
+        digest = module_digest(graph)  # of the weights as the graph holds them, before the copy moves anywhere
+        # A fused generator holds its weights in the engine's dtype already: no autocast around it.
+        fused = name == "synthesis" and form in FUSED_FORMS
+        module = _Autocast(graph.to(device), device.type, None if fused else dtype).eval()
         inputs = {k: v.to(device) for k, v in example_inputs(name, model, 2).items()}
 
         def build(module=module, inputs=inputs) -> bytes:
@@ -85,6 +88,7 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
             "torch": torch.__version__,
             **device_identity(device),
             "precision": options.precision,
+            "form": form if name == "synthesis" else None,
             "max_batch": options.max_batch,
         }
         data = build() if cache is None else cache.get_or_build(fields, build).data

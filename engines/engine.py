@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -28,10 +30,9 @@ from engines.batching import cached_pick, invert_rate
 from engines.cache import EngineCache, device_identity
 from engines.checkpoints import CheckpointInfo, load_e2style
 from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_batch, run_gate
-from engines.graphs import OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
+from engines.graphs import FUSED_FORMS, GENERATOR_FORMS, OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
 from engines.inverter import _check_batch, _check_codes, ieee_float32, resolve_device
 from operators.e2style import E2Style, E2StyleConfig
-from operators.stylegan2.layers import MODULATION_FORMS
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,12 @@ class EngineOptions:
     gate: GateThresholds = GateThresholds()
     gate_batch: int = 4
     fallback: tuple[str, ...] = ()  # precisions to try in turn when the gate refuses an engine
-    # torch: how the generator computes modulated convolutions (operators.stylegan2.layers). None: per
-    # device, "grouped" on CPU (faster there) and "batched" on CUDA, where the grouped convolution falls
-    # off a cliff at large batches (11x slower at 64 than at 32 on an H200) and the batched one does not.
-    # "folded" is not a default until benchmarks/bench_gpu.py shows it pays on a GPU.
-    modulation: str | None = None
+    # torch and aoti: how the generator is computed (engines.graphs.GENERATOR_FORMS). "fused" (the generator
+    # prepared for inference) is the fastest on CPU (1.56x "grouped", the research code's form, on the
+    # official generator: BENCHMARKS.md) and, on CUDA, runs the batched form's convolutions, which have no
+    # batch-size cliff where the grouped ones do (11x slower at 64 than at 32 on an H200). The folded forms
+    # (4x the products of each upsampling layer) wait for bench_gpu.py to show they pay on a GPU.
+    modulation: str = "fused"
     # On CUDA: time the batch sizes of engines.batching.CANDIDATES (up to what fits) once, keep the fastest
     # as max_batch and cache the verdict; the built engine's options carry the choice, with this off.
     pick_batch: bool = False
@@ -85,14 +87,8 @@ class EngineOptions:
             )
         if self.cuda_graphs and not self.compile:
             raise ValueError("cuda_graphs needs compile: true (CUDA graphs come from torch.compile)")
-        if self.modulation not in (None, *MODULATION_FORMS):
-            raise ValueError(f"unknown modulation form {self.modulation!r}; known: {', '.join(MODULATION_FORMS)}")
-
-    def modulation_on(self, device: torch.device) -> str:
-        """The generator's modulation form on ``device``: the one asked for, else the device's fast one."""
-        if self.modulation is not None:
-            return self.modulation
-        return "batched" if device.type == "cuda" else "grouped"
+        if self.modulation not in GENERATOR_FORMS:
+            raise ValueError(f"unknown generator form {self.modulation!r}; known: {', '.join(GENERATOR_FORMS)}")
 
     @property
     def name(self) -> str:
@@ -105,8 +101,8 @@ class EngineOptions:
 
     @property
     def is_reference(self) -> bool:
-        """Eager float32 PyTorch: the model the gate compares with."""
-        return self.backend == "torch" and self.precision == "float32" and not self.compile
+        """Eager float32 PyTorch in the research code's arithmetic: the model the gate compares with."""
+        return self.backend == "torch" and self.precision == "float32" and not self.compile and self.modulation == "grouped"
 
 
 class Engine:
@@ -163,29 +159,88 @@ def build_engine(
     """Load an official checkpoint and build the engine ``options`` describe, gated against float32.
 
     ``gate=False`` skips the comparison, for workers whose engine was already gated where it was built.
+    With ``cache_uri``, a verdict that passed is kept in the engine cache (keyed by the weights, the
+    options, the device kind, torch and the code that computes the engine), so a rebuild does not gate again.
     """
     dev = resolve_device(device)
     if options.backend == "tensorrt" and dev.type != "cuda":
         raise ValueError("the tensorrt backend needs a CUDA device (resources.num_gpus_per_actor > 0)")
     model, info = load_e2style(uri, stages=stages, config=config, storage_options=storage_options)
     model = model.to(dev).eval()
+    weights = _Digest(model)
     precisions = [options.precision, *options.fallback]
     for i, precision in enumerate(precisions):
         candidate = dataclasses.replace(options, precision=precision, fallback=())
         engine = _build(model, info, candidate, dev)
-        if not gate or (candidate.is_reference and candidate.modulation_on(dev) == model.decoder.config.modulation):
-            return choose_batch(engine, model) if dev.type == "cuda" else engine
-        report = check_engine(engine, model, candidate)
+        if not gate or (candidate.is_reference and model.decoder.config.modulation == "grouped"):
+            return choose_batch(engine, model, digest=weights) if dev.type == "cuda" else engine
+        report = gate_verdict(engine, model, candidate, weights)
         engine.gate_report = report
         if report.passed:
             log.info(report.describe())
-            return choose_batch(engine, model) if dev.type == "cuda" else engine
+            return choose_batch(engine, model, digest=weights) if dev.type == "cuda" else engine
         if i + 1 == len(precisions):
             raise AccuracyGateFailed(report)
         log.warning("%s; falling back to %s", report.describe(), precisions[i + 1])
 
 
-def choose_batch(engine: Engine, model: E2Style, measure: Callable[[int], float] | None = None) -> Engine:
+class _Digest:
+    """The model's weights digest, computed the first time a cache key needs it (about 1 s per GB)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.value = model, None
+
+    def __call__(self) -> str:
+        if self.value is None:
+            self.value = module_digest(self.model)
+        return self.value
+
+
+def gate_verdict(engine: Engine, model: E2Style, options: EngineOptions, weights: Callable[[], str]) -> GateReport:
+    """The gate's verdict on ``engine``: from the engine cache when the same engine of the same weights
+    passed it on this kind of device before, else measured now (and kept there when it passed)."""
+    if not options.cache_uri:
+        return check_engine(engine, model, options)
+    cache = EngineCache(options.cache_uri, options.cache_storage_options)
+    kept = {"backend", "precision", "compile", "cuda_graphs", "channels_last", "modulation", "min_batch",
+            "opt_batch", "max_batch", "gate", "gate_batch"}
+    fields = {
+        "kind": "gate",
+        **device_identity(engine.device),
+        "torch": torch.__version__,
+        "code_sha256": engine_code_digest(),
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k in kept},
+        "thresholds": dataclasses.asdict(options.thresholds),
+        "stages": engine.stages,
+        "weights_sha256": weights(),
+    }
+    data = cache.get(fields)
+    if data is not None:
+        log.info("gate verdict of %s from the engine cache", options.name)
+        return GateReport.from_json(data)
+    report = check_engine(engine, model, options)
+    if report.passed:
+        cache.put(fields, report.to_json())
+    return report
+
+
+@functools.cache
+def engine_code_digest() -> str:
+    """sha256 of the source of every module that decides what an engine computes, so that a verdict kept
+    by other code is never reused."""
+    import engines
+    import operators
+
+    digest = hashlib.sha256()
+    for package in (operators, engines):
+        for path in sorted(Path(next(iter(package.__path__))).rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def choose_batch(
+    engine: Engine, model: E2Style, measure: Callable[[int], float] | None = None, digest: Callable[[], str] | None = None
+) -> Engine:
     """With ``pick_batch``: the engine with the fastest batch of its device as ``max_batch`` (cached)."""
     options = engine.options
     if not options.pick_batch or options.backend != "torch":  # exported graphs and plans fix their batch range
@@ -195,11 +250,11 @@ def choose_batch(engine: Engine, model: E2Style, measure: Callable[[int], float]
         **device_identity(device),
         "torch": torch.__version__,
         "precision": options.precision,
-        "modulation": options.modulation_on(device),
+        "modulation": options.modulation,
         "compile": options.compile,
         "cuda_graphs": options.cuda_graphs,
         "stages": engine.stages,
-        "weights_sha256": module_digest(model),
+        "weights_sha256": (digest or _Digest(model))(),
     }
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
     batch, rates, hit = cached_pick(cache, fields, measure or (lambda b: invert_rate(engine, b)))
@@ -244,15 +299,19 @@ def _build(model: E2Style, info: CheckpointInfo, options: EngineOptions, device:
 def _torch_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
     dtype = AUTOCAST_DTYPES[options.precision]
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    form = options.modulation
+    graphs = model_graphs(model, stages, False, form, dtype or torch.float32, options.channels_last)
     runners = {}
-    for name, module in model_graphs(model, stages, exportable=False, modulation=options.modulation_on(device)):
-        if not options.is_reference:  # the model itself stays the untouched float32 reference
+    for name, module in graphs:
+        fused = name == "synthesis" and form in FUSED_FORMS
+        if not options.is_reference and not fused:  # the model itself stays the untouched float32 reference
             module = copy.deepcopy(module)
         if name != "synthesis":  # the generator's 5-d modulated weights have no channels-last form
             module = module.to(device, memory_format=layout)
         if options.compile:
             module = torch.compile(module, mode="reduce-overhead" if options.cuda_graphs else None)
-        runners[name] = _torch_runner(module, device, dtype, layout)
+        # A fused generator holds its weights in the engine's dtype already: no autocast casts per call.
+        runners[name] = _torch_runner(module, device, None if fused else dtype, layout)
     return runners
 
 

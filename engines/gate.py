@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -58,6 +60,16 @@ class GateReport:
             for s in (self.failures or self.stages)
         )
         return f"{self.engine} {'passed' if self.passed else 'FAILED'} the accuracy gate: {checks}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "GateReport":
+        fields = json.loads(data)
+        return cls(
+            fields["engine"], GateThresholds(**fields["thresholds"]), tuple(StageCheck(**s) for s in fields["stages"])
+        )
 
 
 class AccuracyGateFailed(RuntimeError):

@@ -7,6 +7,11 @@
 Multi-stage inversion runs them in the official order (``E2Style.invert``). For export, the encoder
 heads pool with ``MatrixAvgPool2d`` and the generator uses the ``batched`` modulated convolution: the
 same numbers as the eager operators in float32, in graphs whose shapes do not depend on the batch.
+
+The synthesis graph computes the generator in one of ``GENERATOR_FORMS``: the modulation forms of
+``operators.stylegan2.layers`` on the model's own module tree, or ``fused`` / ``fused-folded``, the
+generator prepared once for inference (``operators.stylegan2.fused``: weights cast once to the engine's
+dtype, channels-last, fused epilogue, pooled last layer; the second also folds the upsampling blur).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from torch import nn
 
 from operators.e2style import E2Style, E2StyleEncoder
 from operators.images import box_downsample
-from operators.stylegan2 import Generator
+from operators.stylegan2 import MODULATION_FORMS, Generator
+from operators.stylegan2.fused import FusedSynthesis
 
 OPSET = 18
+FUSED_FORMS = ("fused", "fused-folded")
+GENERATOR_FORMS: tuple[str, ...] = (*MODULATION_FORMS, *FUSED_FORMS)
 
 
 class FirstStage(nn.Module):
@@ -68,27 +76,46 @@ class Graphs:
         return iter(self.modules.items())
 
 
-def model_graphs(model: E2Style, stages: int, exportable: bool, modulation: str | None = None) -> Graphs:
-    """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies
-    (with the batched generator). ``modulation`` computes the generator in that form (a copy when it is
-    not the model's own)."""
+def model_graphs(
+    model: E2Style,
+    stages: int,
+    exportable: bool,
+    form: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+) -> Graphs:
+    """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies of
+    the encoders (and computes a ``grouped`` or unnamed generator ``batched``: the grouped convolution's
+    graph depends on the batch). ``form`` (one of
+    ``GENERATOR_FORMS``) computes the generator that way (a copy when it is not the model's own); a fused
+    generator holds its weights in ``dtype``, channels-last with ``channels_last``."""
     cfg = model.config
+    if form is not None and form not in GENERATOR_FORMS:
+        raise ValueError(f"unknown generator form {form!r}; known: {', '.join(GENERATOR_FORMS)}")
     encoders = [model.encoder_firststage, *model.encoder_refinestage_list[: stages - 1]]
-    generator = model.decoder
     if exportable:
         encoders = [copy.deepcopy(e) for e in encoders]
         for encoder in encoders:
             encoder.use_matrix_pooling(cfg.image_size)
-        modulation = "batched"
-    if modulation is not None and modulation != generator.config.modulation:
-        other = Generator(dataclasses.replace(generator.config, modulation=modulation))
-        other.load_state_dict(generator.state_dict())
-        generator = other.to(model.latent_avg.device)
+        if form in (None, "grouped"):
+            form = "batched"
     modules: dict[str, nn.Module] = {"stage1": FirstStage(encoders[0], model.latent_avg)}
     for k, encoder in enumerate(encoders[1:], start=2):
         modules[f"stage{k}"] = RefineStage(encoder)
-    modules["synthesis"] = Synthesis(generator, cfg.image_size)
+    modules["synthesis"] = synthesis_graph(model.decoder, cfg.image_size, form, dtype, channels_last)
     return Graphs({name: m.eval() for name, m in modules.items()})
+
+
+def synthesis_graph(
+    generator: Generator, image_size: int, form: str | None, dtype: torch.dtype, channels_last: bool
+) -> nn.Module:
+    if form in FUSED_FORMS:
+        return FusedSynthesis(generator, image_size, dtype, channels_last, fold_blur=form == "fused-folded")
+    if form is not None and form != generator.config.modulation:
+        other = Generator(dataclasses.replace(generator.config, modulation=form))
+        other.load_state_dict(generator.state_dict())
+        generator = other.to(generator.input.input.device)
+    return Synthesis(generator, image_size)
 
 
 def example_inputs(name: str, model: E2Style, batch: int) -> dict[str, torch.Tensor]:

@@ -385,6 +385,7 @@ def engine_options(spec: JobSpec) -> EngineOptions:
         fallback=tuple(e.fallback),
         compile=e.compile,
         cuda_graphs=e.cuda_graphs,
+        modulation=e.modulation,
         min_batch=min(e.min_batch, max_batch),
         opt_batch=min(res.batch_size, max_batch),
         max_batch=max_batch,

@@ -155,6 +155,13 @@ class EngineSpec(_Strict):
         "Empty: a failed gate fails the job before any work.",
     )
     compile: bool = Field(False, description="torch backend: torch.compile the graphs.")
+    modulation: Literal["grouped", "batched", "folded", "fused", "fused-folded"] = Field(
+        "fused", description="torch and aoti backends: how the generator is computed (all give the same numbers): "
+        "grouped (the research code's per-sample weights), batched (one shared weight per convolution), folded "
+        "(batched, the upsampling blur folded into its convolution), fused / fused-folded (prepared once for "
+        "inference: weights in the engine's precision, channels-last, fused epilogue), the fastest on CPU and "
+        "the default."
+    )
     cuda_graphs: bool = Field(False, description="torch backend on GPU: compile with CUDA graphs (needs compile).")
     min_batch: int = Field(1, ge=1, le=65_536, description="tensorrt: smallest batch of the dynamic batch profile.")
     max_batch: int | None = Field(

@@ -17,11 +17,12 @@ def test_bench_gpu_measures_every_form_and_output_with_a_flop_count(tmp_path, ca
     assert printed.startswith("# CPU (")  # no GPU here: the CPU and the tiny preset
     assert "torch float32 batched, 1 stage(s): built in" in printed and "passed the accuracy gate" in printed
     assert "torch float32 grouped, 1 stage(s): built in" in printed and "the float32 reference (no gate)" in printed
+    assert "torch float32 fused-folded, 1 stage(s): built in" in printed
     keys = {(r["what"], r["form"], r["batch"]) for r in rows}
     assert keys == {
         (what, form, batch)
         for what in ("generator -> 256 px", "latents", "latents + 256 px")
-        for form in ("grouped", "batched", "folded")
+        for form in ("grouped", "batched", "folded", "fused", "fused-folded")
         for batch in (1, 2)
     }
     assert all(r["images_per_s"] > 0 and r["tflops"] > 0 for r in rows)
@@ -32,6 +33,9 @@ def test_bench_gpu_measures_every_form_and_output_with_a_flop_count(tmp_path, ca
     assert abs(per_image[0] - per_image[1]) < 1e-9 * per_image[0] + 1e-15
     folded = by_form[("generator -> 256 px", "folded", 1)]
     assert folded["tflops"] / folded["images_per_s"] > per_image[0]
+    # The fused generator does the batched one's products, less the last ToRGB's work on the unpooled image.
+    fused = by_form[("generator -> 256 px", "fused", 1)]
+    assert 0.9 * per_image[0] < fused["tflops"] / fused["images_per_s"] < per_image[0]
     assert json.loads((tmp_path / "rows.json").read_text())["rows"] == rows
 
 

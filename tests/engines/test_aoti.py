@@ -1,5 +1,6 @@
 """AOTInductor engines: compiled once (here on the CPU), gated, cached, then loaded without compiling."""
 
+import json
 import time
 
 import pytest
@@ -25,7 +26,9 @@ def test_an_aoti_engine_is_compiled_once_gated_and_loaded_from_the_cache(tmp_pat
     codes = engine.invert(x)
     torch.testing.assert_close(codes, reference.invert(x), rtol=0, atol=2e-5)
     torch.testing.assert_close(engine.synthesize(codes), reference.synthesize(codes), rtol=0, atol=2e-5)
-    assert len(list(EngineCache(options.cache_uri).fs.glob(f"{tmp_path}/cache/*.bin"))) == 2  # stage1, synthesis
+    fs = EngineCache(options.cache_uri).fs
+    kinds = sorted(json.loads(fs.cat(path))["fields"]["kind"] for path in fs.glob(f"{tmp_path}/cache/*.json"))
+    assert kinds == ["aoti", "aoti", "gate"]  # stage1, synthesis and the gate's verdict
 
     def no_compiling(*args, **kwargs):
         raise AssertionError("compiled again although the cache holds the packages")

@@ -64,3 +64,19 @@ def test_jobs_let_the_engine_pick_on_gpus_unless_the_spec_fixes_the_batch(tmp_pa
     assert not options({"num_gpus_per_actor": 0}).pick_batch
     assert not options({"num_gpus_per_actor": 1}, {"max_batch": 64}).pick_batch
     assert not options({"num_gpus_per_actor": 1}, {"backend": "onnxruntime"}).pick_batch
+
+
+def test_the_spec_names_every_generator_form_and_passes_it_to_the_engine(tmp_path):
+    import typing
+
+    from engines.graphs import GENERATOR_FORMS
+    from pipeline.runner import engine_options
+    from pipeline.spec import EngineSpec, InversionSpec
+
+    assert typing.get_args(EngineSpec.model_fields["modulation"].annotation) == GENERATOR_FORMS
+    spec = InversionSpec.model_validate({
+        "input": {"uri": str(tmp_path)}, "model": {"checkpoint": "m.pt"}, "output": {"uri": str(tmp_path / "o")},
+        "engine": {"modulation": "fused-folded"},
+    })
+    assert engine_options(spec).modulation == "fused-folded"
+    assert engine_options(spec.model_copy(update={"engine": EngineSpec()})).modulation == "fused"
