@@ -9,10 +9,12 @@ from engines.checkpoints import (
     write_checkpoint,
 )
 from engines.inverter import Inverter, Synthesizer, load_generator, load_inverter
+from engines.protocol import InversionModel
 
 __all__ = [
     "CheckpointError",
     "CheckpointInfo",
+    "InversionModel",
     "Inverter",
     "Synthesizer",
     "checkpoint_sha256",

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from engines.backends import AUTOCAST_DTYPES, module_digest
 from engines.cache import EngineCache, device_identity
-from engines.graphs import FUSED_FORMS, OUTPUT_NAMES, example_inputs, model_graphs
+from engines.graphs import FUSED_FORMS, model_graphs
+from engines.runners import Runner
 from operators.e2style import E2Style
 
 if TYPE_CHECKING:
-    from engines.engine import EngineOptions, Runner
+    from engines.engine import EngineOptions
 
 # Bumped when what is exported or how it is compiled changes, so older packages are misses.
 PACKAGE_VERSION = 1
@@ -55,16 +57,14 @@ def compile_package(module: nn.Module, inputs: dict[str, torch.Tensor], max_batc
         return Path(path).read_bytes()
 
 
-def load_package(data: bytes) -> "Runner":
+def load_package(data: bytes) -> Runner:
     """A runner over a package's bytes. The file stays for the life of the process: the loader reads it lazily."""
     path = Path(tempfile.mkdtemp(prefix="e2style-aoti-")) / "graph.pt2"
     path.write_bytes(data)
     return torch._inductor.aoti_load_package(str(path))
 
 
-def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: torch.device) -> dict[str, "Runner"]:
-    from engines.engine import AUTOCAST_DTYPES, module_digest
-
+def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: torch.device) -> dict[str, Runner]:
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
     dtype = AUTOCAST_DTYPES[options.precision]
     form = options.modulation
@@ -74,7 +74,7 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
         # A fused generator holds its weights in the engine's dtype already: no autocast around it.
         fused = name == "synthesis" and form in FUSED_FORMS
         module = _Autocast(graph.to(device), device.type, None if fused else dtype).eval()
-        inputs = {k: v.to(device) for k, v in example_inputs(name, model, 2).items()}
+        inputs = {k: v.to(device) for k, v in graph.example_inputs(2).items()}
 
         def build(module=module, inputs=inputs) -> bytes:
             return compile_package(module, inputs, options.max_batch)
@@ -82,7 +82,7 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
         fields = {
             "kind": "aoti",
             "graph": name,
-            "output": OUTPUT_NAMES.get(name, "codes"),
+            "output": graph.output_name,
             "weights_sha256": digest,
             "package_version": PACKAGE_VERSION,
             "torch": torch.__version__,
@@ -96,7 +96,7 @@ def aoti_runners(model: E2Style, stages: int, options: "EngineOptions", device: 
     return runners
 
 
-def _runner(package, device: torch.device) -> "Runner":
+def _runner(package, device: torch.device) -> Runner:
     def run(**inputs: torch.Tensor) -> torch.Tensor:
         args = [t.to(device, torch.float32).contiguous() for t in inputs.values()]
         with torch.inference_mode():

@@ -1,21 +1,19 @@
-"""One engine interface over three backends: eager/compiled PyTorch, ONNX Runtime and TensorRT.
+"""One engine interface over four backends: eager/compiled PyTorch, ONNX Runtime, TensorRT and AOTInductor.
 
     engine = build_engine("s3://models/e2style.pt", EngineOptions(backend="onnxruntime"), stages=2)
     codes = engine.invert(images)            # the same call and results as load_inverter(...).invert
     recon = engine.synthesize(codes)
 
-Each backend runs the model's graphs (``engines.graphs``: first stage, refinement stages, synthesis);
-the engine strings them together in the official order and splits batches larger than the profile's
-``max_batch``. Exported graphs and TensorRT plans go through an ``EngineCache`` when ``cache_uri`` is
-set. Before an engine is returned it passes the accuracy gate against the float32 PyTorch model (unless
-it is that model), or the next precision in ``fallback`` is tried; when none passes the build fails with
-the numbers.
+Each backend (``engines.backends``) builds runners of the model's graphs (``engines.graphs``: first stage,
+refinement stages, synthesis); the engine strings them together in the official order and splits batches
+larger than the profile's ``max_batch`` (``engines.runners.GraphModel``, as ``load_inverter`` does). Exported
+graphs and TensorRT plans go through an ``EngineCache`` when ``cache_uri`` is set. Before an engine is
+returned it passes the accuracy gate against the float32 PyTorch model (unless it is that model), or the
+next precision in ``fallback`` is tried; when none passes the build fails with the numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -26,22 +24,18 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from engines.backends import backend_builder, module_digest
 from engines.batching import cached_pick, invert_rate
 from engines.cache import EngineCache, device_identity
 from engines.checkpoints import CheckpointInfo, load_e2style
 from engines.gate import AccuracyGateFailed, GateReport, GateThresholds, gate_batch, run_gate
-from engines.graphs import FUSED_FORMS, GENERATOR_FORMS, OUTPUT_NAMES, OPSET, example_inputs, export_onnx, model_graphs
-from engines.inverter import _check_batch, _check_codes, ieee_float32, resolve_device
+from engines.graphs import GENERATOR_FORMS
+from engines.runners import GraphModel, Runner, ieee_float32, resolve_device
 from operators.e2style import E2Style, E2StyleConfig
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
 PRECISIONS = ("float32", "bfloat16", "float16")
-AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # None: no autocast
-# Bumped whenever engines/graphs.py changes what it exports, so cached graphs of older code are misses.
-GRAPH_VERSION = 1
-Runner = Callable[..., torch.Tensor]  # keyword tensors -> output tensor on the engine's device
 
 
 @dataclass(frozen=True)
@@ -71,8 +65,7 @@ class EngineOptions:
     pick_batch: bool = False
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown engine backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+        backend_builder(self.backend)  # refuses an unknown backend, naming the known ones
         for precision in (self.precision, *self.fallback):
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
@@ -105,8 +98,8 @@ class EngineOptions:
         return self.backend == "torch" and self.precision == "float32" and not self.compile and self.modulation == "grouped"
 
 
-class Engine:
-    """An E2Style model behind one backend. Same interface as ``Inverter``: float32 in, float32 out."""
+class Engine(GraphModel):
+    """An E2Style model behind one backend: an ``InversionModel`` like ``load_inverter``'s, float32 in and out."""
 
     def __init__(
         self,
@@ -117,34 +110,17 @@ class Engine:
         options: EngineOptions,
         runners: dict[str, Runner],
     ):
-        self.config, self.stages, self.info, self.device, self.options = config, stages, info, device, options
-        self.runners = runners
+        super().__init__(config, stages, info, device, runners)
+        self.options = options
         self.gate_report: GateReport | None = None
 
     @property
     def name(self) -> str:
         return self.options.name
 
-    def invert(self, images: torch.Tensor, all_stages: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        cfg = self.config
-        x = _check_batch(images, cfg.input_channels, cfg.image_size, "images").to(self.device, torch.float32)
-        pieces = [self._invert(x[i : i + self.options.max_batch]) for i in range(0, len(x), self.options.max_batch)]
-        per_stage = [torch.cat([p[k] for p in pieces]) for k in range(self.stages)]
-        return per_stage if all_stages else per_stage[-1]
-
-    def _invert(self, x: torch.Tensor) -> list[torch.Tensor]:
-        codes = self.runners["stage1"](images=x)
-        per_stage = [codes]
-        for k in range(2, self.stages + 1):
-            reconstruction = self.runners["synthesis"](codes=codes)
-            codes = codes + self.runners[f"stage{k}"](images=x, reconstruction=reconstruction)
-            per_stage.append(codes)
-        return per_stage
-
-    def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
-        ws = _check_codes(codes, self.config.generator).to(self.device, torch.float32)
-        step = self.options.max_batch
-        return torch.cat([self.runners["synthesis"](codes=ws[i : i + step]) for i in range(0, len(ws), step)])
+    @property
+    def max_batch(self) -> int:
+        return self.options.max_batch
 
 
 def build_engine(
@@ -281,136 +257,5 @@ def check_engine(engine: Engine, model: E2Style, options: EngineOptions) -> Gate
 
 def _build(model: E2Style, info: CheckpointInfo, options: EngineOptions, device: torch.device) -> Engine:
     stages = model.config.stages  # load_e2style builds the stages asked for
-    if options.backend == "torch":
-        runners = _torch_runners(model, stages, options, device)
-    elif options.backend == "onnxruntime":
-        runners = _onnx_runners(model, stages, options, device)
-    elif options.backend == "aoti":
-        from engines.aoti import aoti_runners
-
-        runners = aoti_runners(model, stages, options, device)
-    else:
-        from engines.tensorrt import tensorrt_runners
-
-        runners = tensorrt_runners(options, device, _exported(model, stages, options))
+    runners = backend_builder(options.backend)(model, stages, options, device)
     return Engine(model.config, stages, info, device, options, runners)
-
-
-def _torch_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
-    dtype = AUTOCAST_DTYPES[options.precision]
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
-    form = options.modulation
-    graphs = model_graphs(model, stages, False, form, dtype or torch.float32, options.channels_last)
-    runners = {}
-    for name, module in graphs:
-        fused = name == "synthesis" and form in FUSED_FORMS
-        if not options.is_reference and not fused:  # the model itself stays the untouched float32 reference
-            module = copy.deepcopy(module)
-        if name != "synthesis":  # the generator's 5-d modulated weights have no channels-last form
-            module = module.to(device, memory_format=layout)
-        if options.compile:
-            module = torch.compile(module, mode="reduce-overhead" if options.cuda_graphs else None)
-        # A fused generator holds its weights in the engine's dtype already: no autocast casts per call.
-        runners[name] = _torch_runner(module, device, None if fused else dtype, layout)
-    return runners
-
-
-def _torch_runner(module, device: torch.device, dtype: torch.dtype | None, layout) -> Runner:
-    def run(**inputs: torch.Tensor) -> torch.Tensor:
-        args = [t.contiguous(memory_format=layout) if t.ndim == 4 else t for t in inputs.values()]
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with torch.inference_mode(), ieee_float32(device), autocast:
-            return module(*args).float().contiguous()
-
-    return run
-
-
-def module_digest(module: torch.nn.Module) -> str:
-    """sha256 of a graph module's class, weights and buffers: what its exported graph is made from."""
-    digest = hashlib.sha256(type(module).__name__.encode())
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _exported(model: E2Style, stages: int, options: EngineOptions) -> dict[str, bytes]:
-    """ONNX bytes of each graph, from the cache when ``cache_uri`` is set."""
-    cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
-    graphs = {}
-    for name, module in model_graphs(model, stages, exportable=True):
-        module = module.cpu()
-        inputs = example_inputs(name, model, min(2, options.max_batch))
-        output = OUTPUT_NAMES.get(name, "codes")
-
-        def export(module=module, inputs=inputs, output=output) -> bytes:
-            return export_onnx(module, inputs, output, options.max_batch)
-
-        if cache is None:
-            graphs[name] = export()
-            continue
-        fields = {
-            "kind": "onnx",
-            "graph": name,
-            "weights_sha256": module_digest(module),
-            "graph_version": GRAPH_VERSION,
-            "opset": OPSET,
-            "torch": torch.__version__,
-            "max_batch": options.max_batch,
-        }
-        graphs[name] = cache.get_or_build(fields, export).data
-    return graphs
-
-
-def _onnx_runners(model: E2Style, stages: int, options: EngineOptions, device: torch.device) -> dict[str, Runner]:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError("this onnxruntime has no CUDA provider (install onnxruntime-gpu), or use backend tensorrt")
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index}))
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = options.threads
-    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    cfg = model.config
-    runners = {}
-    for name, graph in _exported(model, stages, options).items():
-        session = ort.InferenceSession(graph, session_options, providers=providers)
-        if device.type == "cuda":
-            tail = (3, cfg.image_size, cfg.image_size) if name == "synthesis" else (cfg.num_ws, cfg.style_dim)
-            runners[name] = _onnx_cuda_runner(session, device, tail)
-        else:
-            runners[name] = _onnx_runner(session)
-    return runners
-
-
-def _onnx_runner(session) -> Runner:
-    def run(**inputs: torch.Tensor) -> torch.Tensor:
-        feeds = {name: t.detach().float().numpy() for name, t in inputs.items()}
-        (out,) = session.run(None, feeds)
-        return torch.from_numpy(out)
-
-    return run
-
-
-def _onnx_cuda_runner(session, device: torch.device, output_tail: tuple[int, ...]) -> Runner:
-    """Inputs and output bound to torch's CUDA memory: no copies through the host."""
-    import numpy as np
-
-    output_name = session.get_outputs()[0].name
-
-    def run(**inputs: torch.Tensor) -> torch.Tensor:
-        binding = session.io_binding()
-        feeds = {name: t.to(device, torch.float32).contiguous() for name, t in inputs.items()}
-        for name, t in feeds.items():
-            binding.bind_input(name, "cuda", device.index, np.float32, list(t.shape), t.data_ptr())
-        batch = len(next(iter(feeds.values())))
-        out = torch.empty((batch, *output_tail), dtype=torch.float32, device=device)
-        binding.bind_output(output_name, "cuda", device.index, np.float32, list(out.shape), out.data_ptr())
-        torch.cuda.current_stream(device).synchronize()  # ONNX Runtime reads on its own stream
-        session.run_with_iobinding(binding)
-        return out
-
-    return run

@@ -4,9 +4,10 @@
     refine stage k  images [B, C, S, S], recon [B, 3, S, S] -> W+ residual
     synthesis       W+ [B, num_ws, style_dim]              -> reconstruction [B, 3, S, S] (pooled, raw)
 
-Multi-stage inversion runs them in the official order (``E2Style.invert``). For export, the encoder
-heads pool with ``MatrixAvgPool2d`` and the generator uses the ``batched`` modulated convolution: the
-same numbers as the eager operators in float32, in graphs whose shapes do not depend on the batch.
+Multi-stage inversion runs them in the official order (``engines.runners.invert_stages``), passing each
+graph its inputs by the names it declares. For export, the encoder heads pool with ``MatrixAvgPool2d``
+and the generator uses the ``batched`` modulated convolution: the same numbers as the eager operators
+in float32, in graphs whose shapes do not depend on the batch.
 
 The synthesis graph computes the generator in one of ``GENERATOR_FORMS``: the modulation forms of
 ``operators.stylegan2.layers`` on the model's own module tree, or ``fused`` / ``fused-folded``, the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -36,43 +36,94 @@ FUSED_FORMS = ("fused", "fused-folded")
 GENERATOR_FORMS: tuple[str, ...] = (*MODULATION_FORMS, *FUSED_FORMS)
 
 
-class FirstStage(nn.Module):
-    def __init__(self, encoder: E2StyleEncoder, latent_avg: torch.Tensor | None):
+class Graph(nn.Module):
+    """A graph engines run. Besides ``forward`` it declares its inputs' names (``forward``'s arguments, in
+    order) and its output's name, which exported graphs and runners use, and makes seeded inputs of a
+    batch to export or compile it with."""
+
+    input_names: tuple[str, ...]
+    output_name: str
+
+    def example_inputs(self, batch: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _images(generator: torch.Generator, batch: int, channels: int, size: int) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size, generator=generator) * 2 - 1
+
+
+class FirstStage(Graph):
+    input_names = ("images",)
+    output_name = "codes"
+
+    def __init__(self, encoder: E2StyleEncoder, latent_avg: torch.Tensor | None, image_size: int):
         super().__init__()
         self.encoder = encoder
+        self.image_size = image_size
         self.register_buffer("latent_avg", None if latent_avg is None else latent_avg.detach().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         codes = self.encoder(images)
         return codes if self.latent_avg is None else codes + self.latent_avg
 
+    def example_inputs(self, batch: int) -> dict[str, torch.Tensor]:
+        return {"images": _images(_seeded(), batch, self.encoder.in_channels, self.image_size)}
 
-class RefineStage(nn.Module):
-    def __init__(self, encoder: E2StyleEncoder):
+
+class RefineStage(Graph):
+    input_names = ("images", "reconstruction")
+    output_name = "codes"
+
+    def __init__(self, encoder: E2StyleEncoder, image_size: int):
         super().__init__()
         self.encoder = encoder
+        self.image_size = image_size
 
     def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         return self.encoder(torch.cat((images, reconstruction), dim=1))
 
+    def example_inputs(self, batch: int) -> dict[str, torch.Tensor]:
+        generator = _seeded()
+        images = _images(generator, batch, self.encoder.in_channels - 3, self.image_size)
+        return {"images": images, "reconstruction": _images(generator, batch, 3, self.image_size)}
 
-class Synthesis(nn.Module):
+
+class _SynthesisGraph(Graph):
+    input_names = ("codes",)
+    output_name = "reconstruction"
+    num_ws: int
+    style_dim: int
+
+    def example_inputs(self, batch: int) -> dict[str, torch.Tensor]:
+        return {"codes": torch.randn(batch, self.num_ws, self.style_dim, generator=_seeded())}
+
+
+class Synthesis(_SynthesisGraph):
     def __init__(self, generator: Generator, image_size: int):
         super().__init__()
         self.generator = generator
         self.image_size = image_size
+        self.num_ws, self.style_dim = generator.config.num_ws, generator.config.style_dim
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return box_downsample(self.generator(codes, noise_mode="stored"), self.image_size)
+
+
+class FusedSynthesisGraph(_SynthesisGraph, FusedSynthesis):
+    """The fused generator as a graph: ``FusedSynthesis`` keeps its own ``num_ws`` and ``style_dim``."""
 
 
 @dataclasses.dataclass
 class Graphs:
     """The model's graphs by name: "stage1", "stage2", ..., "synthesis"."""
 
-    modules: dict[str, nn.Module]
+    modules: dict[str, Graph]
 
-    def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
+    def __iter__(self) -> Iterator[tuple[str, Graph]]:
         return iter(self.modules.items())
 
 
@@ -99,18 +150,18 @@ def model_graphs(
             encoder.use_matrix_pooling(cfg.image_size)
         if form in (None, "grouped"):
             form = "batched"
-    modules: dict[str, nn.Module] = {"stage1": FirstStage(encoders[0], model.latent_avg)}
+    modules: dict[str, Graph] = {"stage1": FirstStage(encoders[0], model.latent_avg, cfg.image_size)}
     for k, encoder in enumerate(encoders[1:], start=2):
-        modules[f"stage{k}"] = RefineStage(encoder)
+        modules[f"stage{k}"] = RefineStage(encoder, cfg.image_size)
     modules["synthesis"] = synthesis_graph(model.decoder, cfg.image_size, form, dtype, channels_last)
     return Graphs({name: m.eval() for name, m in modules.items()})
 
 
 def synthesis_graph(
     generator: Generator, image_size: int, form: str | None, dtype: torch.dtype, channels_last: bool
-) -> nn.Module:
+) -> _SynthesisGraph:
     if form in FUSED_FORMS:
-        return FusedSynthesis(generator, image_size, dtype, channels_last, fold_blur=form == "fused-folded")
+        return FusedSynthesisGraph(generator, image_size, dtype, channels_last, fold_blur=form == "fused-folded")
     if form is not None and form != generator.config.modulation:
         other = Generator(dataclasses.replace(generator.config, modulation=form))
         other.load_state_dict(generator.state_dict())
@@ -118,30 +169,17 @@ def synthesis_graph(
     return Synthesis(generator, image_size)
 
 
-def example_inputs(name: str, model: E2Style, batch: int) -> dict[str, torch.Tensor]:
-    cfg = model.config
-    gen = torch.Generator().manual_seed(0)
-    if name == "synthesis":
-        return {"codes": torch.randn(batch, cfg.num_ws, cfg.style_dim, generator=gen)}
-    images = torch.rand(batch, cfg.input_channels, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
-    if name == "stage1":
-        return {"images": images}
-    return {"images": images, "reconstruction": torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1}
-
-
-OUTPUT_NAMES = {"synthesis": "reconstruction"}
-
-
-def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], output_name: str, max_batch: int) -> bytes:
-    """ONNX bytes of ``module`` with a dynamic batch axis (1..max_batch) on every input and the output."""
+def export_onnx(graph: Graph, max_batch: int) -> bytes:
+    """ONNX bytes of ``graph`` with a dynamic batch axis (1..max_batch) on every input and the output."""
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    inputs = graph.example_inputs(min(2, max_batch))
     with torch.no_grad():
         program = torch.onnx.export(
-            module,
+            graph,
             tuple(inputs.values()),
-            input_names=list(inputs),
-            output_names=[output_name],
-            dynamic_shapes={name: {0: batch} for name in _forward_argument_names(module)},
+            input_names=list(graph.input_names),
+            output_names=[graph.output_name],
+            dynamic_shapes={name: {0: batch} for name in graph.input_names},
             opset_version=OPSET,
             dynamo=True,
             verbose=False,
@@ -150,7 +188,3 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], output_name:
         path = Path(folder) / "graph.onnx"
         program.save(str(path), external_data=False)  # weights inline: the models are far below 2 GiB
         return path.read_bytes()
-
-
-def _forward_argument_names(module: nn.Module) -> list[str]:
-    return [p for p in inspect.signature(module.forward).parameters]

@@ -2,81 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from engines.checkpoints import CheckpointInfo, load_e2style, load_stylegan2
+from engines.graphs import model_graphs
+from engines.runners import GraphModel, check_codes, eager_runner, ieee_float32, resolve_device
 from operators.e2style import E2Style, E2StyleConfig
 from operators.images import box_downsample
 from operators.stylegan2 import Generator, GeneratorConfig
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was asked for, but this PyTorch sees no CUDA GPU")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-@contextlib.contextmanager
-def ieee_float32(device: torch.device) -> Iterator[None]:
-    """Run CUDA convolutions and matmuls in true float32, not TF32 (which cuDNN allows by default)."""
-    if device.type != "cuda":
-        yield
-        return
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
-    try:
-        yield
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
-
-
-def _check_batch(x: Any, channels: int, size: int, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != (channels, size, size):
-        raise ValueError(f"{what} must be [B, {channels}, {size}, {size}], got {list(x.shape)}")
-    return x
-
-
-class Inverter:
-    """An E2Style model on one device. Inputs and outputs are float32; outputs stay on that device."""
+class Inverter(GraphModel):
+    """An E2Style model on one device as the research code runs it: eager float32 PyTorch on the model's
+    own modules, in its generator's form and their layout: the reference that engines are held to."""
 
     def __init__(self, model: E2Style, device: torch.device, info: CheckpointInfo):
         self.model = model.to(device).eval()
-        self.device = device
-        self.info = info
-
-    @property
-    def config(self) -> E2StyleConfig:
-        return self.model.config
-
-    @property
-    def stages(self) -> int:
-        return self.model.config.stages
-
-    def invert(self, images: torch.Tensor, all_stages: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        """Images [B, C, S, S] (RGB in [-1, 1] for the official models) -> W+ [B, num_ws, style_dim].
-
-        With ``all_stages`` the codes after every stage, first to last, as a list.
-        """
-        cfg = self.model.config
-        x = _check_batch(images, cfg.input_channels, cfg.image_size, "images")
-        with torch.inference_mode(), ieee_float32(self.device):
-            per_stage = self.model.invert(x.to(self.device, torch.float32))
-        return per_stage if all_stages else per_stage[-1]
-
-    def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
-        """W+ [B, num_ws, style_dim] -> the raw generator output pooled to [B, 3, S, S], not clamped."""
-        ws = _check_codes(codes, self.model.config.generator)
-        with torch.inference_mode(), ieee_float32(self.device):
-            return self.model.synthesize(ws.to(self.device, torch.float32))
+        stages = model.config.stages  # load_e2style builds the stages asked for
+        graphs = model_graphs(self.model, stages, exportable=False)
+        super().__init__(model.config, stages, info, device, {name: eager_runner(g, device) for name, g in graphs})
 
 
 class Synthesizer:
@@ -94,17 +40,10 @@ class Synthesizer:
 
     def synthesize(self, codes: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """W+ [B, num_ws, style_dim] -> raw image [B, 3, R, R], or box-pooled to ``size`` (dividing R)."""
-        ws = _check_codes(codes, self.generator.config)
+        ws = check_codes(codes, self.generator.config)
         with torch.inference_mode(), ieee_float32(self.device):
             image = self.generator(ws.to(self.device, torch.float32), noise_mode="stored")
             return image if size is None else box_downsample(image, size)
-
-
-def _check_codes(codes: Any, cfg: GeneratorConfig) -> torch.Tensor:
-    if not isinstance(codes, torch.Tensor) or codes.ndim != 3 or tuple(codes.shape[1:]) != (cfg.num_ws, cfg.style_dim):
-        got = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"codes must be W+ [B, {cfg.num_ws}, {cfg.style_dim}], got {got}")
-    return codes
 
 
 def load_inverter(

@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engines.backends import exported_graphs
 from engines.cache import EngineCache, device_identity
 from engines.precision import lower_precision
+from engines.runners import Runner
+from operators.e2style import E2Style
 
 if TYPE_CHECKING:
-    from engines.engine import EngineOptions, Runner
+    from engines.engine import EngineOptions
 
 # Bumped when the reduced-precision rule (engines.precision) changes, so older plans are misses.
 PRECISION_RULE_VERSION = 2
@@ -113,11 +116,12 @@ class TensorRTRunner:
         return out[:batch]
 
 
-def tensorrt_runners(options: "EngineOptions", device: torch.device, graphs: dict[str, bytes]) -> dict[str, "Runner"]:
+def tensorrt_runners(model: E2Style, stages: int, options: "EngineOptions", device: torch.device) -> dict[str, Runner]:
     try:
         import tensorrt as trt
     except ImportError as e:
         raise ValueError("the tensorrt backend needs the tensorrt package: pip install -e '.[tensorrt]'") from e
+    graphs = exported_graphs(model, stages, options)
     gpu = device_identity(device)
     cache = EngineCache(options.cache_uri, options.cache_storage_options) if options.cache_uri else None
     timing_fields = {"kind": "tensorrt-timing-cache", "tensorrt": trt.__version__, **gpu}

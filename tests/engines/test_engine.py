@@ -4,6 +4,7 @@ import logging
 import pytest
 import torch
 
+import engines.backends as backends
 import engines.engine as engine_module
 from engines import load_inverter
 from engines.cache import EngineCache, cache_key
@@ -56,8 +57,8 @@ def test_a_second_build_is_a_cache_hit_and_a_truncated_entry_is_rebuilt(checkpoi
     options = EngineOptions(backend="onnxruntime", max_batch=4, cache_uri=onnx_cache)
     build_engine(str(checkpoint), options, gate=False)  # fills the cache if the test above did not
     exports = []
-    real_export = engine_module.export_onnx
-    monkeypatch.setattr(engine_module, "export_onnx", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    real_export = backends.export_onnx
+    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: exports.append(1) or real_export(*a, **k))
     build_engine(str(checkpoint), options, gate=False)
     assert exports == []  # every graph came from the cache
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from engines import load_inverter
-from engines.inverter import ieee_float32, resolve_device
+from engines.runners import ieee_float32, resolve_device
 from factories import images, make_e2style, write_official
 
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, numpy_helper
 
 from engines.cache import cache_key
 from engines.engine import EngineOptions
-from engines.graphs import example_inputs, export_onnx, model_graphs
+from engines.graphs import export_onnx, model_graphs
 from engines.precision import REDUCED_OPS, _converted_initializer, lower_precision
 from engines.tensorrt import padded_batch, plan_fields, profile_shapes
 from factories import make_e2style
@@ -18,8 +18,7 @@ from factories import make_e2style
 def synthesis_graph():
     model = make_e2style(stages=1, seed=21)
     (module,) = [m for name, m in model_graphs(model, 1, exportable=True) if name == "synthesis"]
-    inputs = example_inputs("synthesis", model, 2)
-    return module, inputs, export_onnx(module, inputs, "reconstruction", 8)
+    return module, module.example_inputs(2), export_onnx(module, 8)
 
 
 def tensor_types(model):
