@@ -47,10 +47,17 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers, imported as the t
 from datasets import png_bytes  # noqa: E402
 from factories import make_e2style, write_official  # noqa: E402
 from operators.presets import get_preset  # noqa: E402
-from pipeline.app_specs import EditSpec, RestoreSpec, TranslateSpec  # noqa: E402
-from pipeline.applications import EditJob, RestoreJob, TranslateJob  # noqa: E402
-from pipeline.runner import INVERSION, plan_job, run_plan, start_ray  # noqa: E402
-from pipeline.spec import InversionSpec  # noqa: E402
+from pipeline.edit.spec import EditSpec  # noqa: E402
+from pipeline.restore.spec import RestoreSpec  # noqa: E402
+from pipeline.translate.spec import TranslateSpec  # noqa: E402
+from pipeline.edit.job import EDIT  # noqa: E402
+from pipeline.restore.job import RESTORE  # noqa: E402
+from pipeline.translate.job import TRANSLATE  # noqa: E402
+from pipeline.core.cluster import start_ray  # noqa: E402
+from pipeline.core.preflight import plan_job  # noqa: E402
+from pipeline.core.schedule import run_plan  # noqa: E402
+from pipeline.inversion.job import INVERSION  # noqa: E402
+from pipeline.inversion.spec import InversionSpec  # noqa: E402
 
 # checkpoint name -> (official dataset_type, input channels)
 CHECKPOINTS = {
@@ -90,23 +97,23 @@ def make_inputs(work: Path, preset: str, count: int) -> tuple[dict[str, Path], P
 
 
 def jobs(args, checkpoints: dict[str, Path], folder: Path, direction: Path, out: Path) -> list[tuple]:
-    """(label, model work per record, spec class, job kind factory, output folder, sections, images per record)."""
+    """(label, model work per record, spec class, job kind, output folder, sections, images per record)."""
     images = {"uri": str(folder), "shard_size": args.shard_size}
     edit = {"kind": "direction", "direction": str(direction), "strengths": STRENGTHS}
     n = len(STRENGTHS)
     return [
-        ("invert_dataset", "encoder", InversionSpec, lambda: INVERSION, out / "invert",
+        ("invert_dataset", "encoder", InversionSpec, INVERSION, out / "invert",
          {"input": images, "model": "encode"}, 1),
-        ("restore super_resolution, evaluate, factor 4", "encoder + generator + PSNR/SSIM", RestoreSpec, RestoreJob,
+        ("restore super_resolution, evaluate, factor 4", "encoder + generator + PSNR/SSIM", RestoreSpec, RESTORE,
          out / "restore-sr", {"input": images, "model": "super_resolution",
                               "task": {"name": "super_resolution", "evaluate": True, "factor": 4}}, 1),
-        ("restore colorization", "encoder + generator", RestoreSpec, RestoreJob, out / "restore-colorization",
+        ("restore colorization", "encoder + generator", RestoreSpec, RESTORE, out / "restore-colorization",
          {"input": images, "model": "colorization", "task": {"name": "colorization", "evaluate": False}}, 1),
-        ("translate sketch_to_face", "encoder (1 channel) + generator", TranslateSpec, TranslateJob,
+        ("translate sketch_to_face", "encoder (1 channel) + generator", TranslateSpec, TRANSLATE,
          out / "translate-sketch", {"input": images, "model": "sketch_to_face", "task": {"name": "sketch_to_face"}}, 1),
-        ("edit direction from latents", f"generator x {n}", EditSpec, EditJob, out / "edit-latents",
+        ("edit direction from latents", f"generator x {n}", EditSpec, EDIT, out / "edit-latents",
          {"input": {"latents": str(out / "invert")}, "model": "encode", "edit": edit}, n),
-        ("edit direction on the fly", f"encoder + generator x {n}", EditSpec, EditJob, out / "edit-images",
+        ("edit direction on the fly", f"encoder + generator x {n}", EditSpec, EDIT, out / "edit-images",
          {"input": images, "model": "encode", "edit": edit}, n),
     ]
 
@@ -121,7 +128,7 @@ def run_one(spec_cls, kind, output: Path, sections: dict, checkpoints: dict[str,
         "num_actors": 1, "num_cpus_per_actor": cpus - 0.5, "batch_size": args.batch, "decode_cpus": 0.5,
     }
     spec = spec_cls.model_validate(body)
-    plan = plan_job(spec, kind=kind)
+    plan = plan_job(spec, kind)
     commits: list[tuple[float, int, int]] = []
 
     def progress(stats: dict) -> None:

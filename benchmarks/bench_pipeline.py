@@ -38,9 +38,12 @@ from engines import load_inverter, official_checkpoint, write_checkpoint  # noqa
 from operators.e2style import E2Style  # noqa: E402
 from operators.images import images_to_tensor  # noqa: E402
 from operators.presets import get_preset  # noqa: E402
-from pipeline.decode import decode_image  # noqa: E402
-from pipeline.runner import plan_job, run_plan, start_ray  # noqa: E402
-from pipeline.spec import InversionSpec  # noqa: E402
+from pipeline.core.decode import decode_image  # noqa: E402
+from pipeline.core.cluster import start_ray  # noqa: E402
+from pipeline.core.preflight import plan_job  # noqa: E402
+from pipeline.core.schedule import run_plan  # noqa: E402
+from pipeline.inversion.job import INVERSION  # noqa: E402
+from pipeline.inversion.spec import InversionSpec  # noqa: E402
 
 
 def make_inputs(work: Path, count: int, stages: int) -> tuple[Path, Path]:
@@ -83,7 +86,7 @@ def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path
         }
     )
     start_ray(None)
-    plan = plan_job(spec)
+    plan = plan_job(spec, INVERSION)
     commits: list[tuple[float, int]] = []
     start = time.perf_counter()
     report = run_plan(plan, progress=lambda stats: commits.append((time.perf_counter(), stats["written"])))

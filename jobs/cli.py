@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.runner import INVERSION, JobFailed, JobKind, PreflightError, run_job
-from pipeline.secrets import redact_text, spec_secrets
-from pipeline.verify import VerifyError, verify_output
+from pipeline.core.errors import JobFailed, PreflightError
+from pipeline.core.job import JobKind
+from pipeline.core.schedule import run_job
+from pipeline.core.secrets import redact_text, spec_secrets
+from pipeline.core.verify import VerifyError, verify_output
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = """Exit codes: 0 success; 1 the job ran and failed (too many rejects, a shard failed after retries), or
@@ -75,13 +76,7 @@ def load_spec(path: Path, spec_class: type[BaseModel]) -> BaseModel:
         raise ValueError(f"spec {path} is invalid:\n{problems}") from None
 
 
-def main(
-    argv: list[str] | None,
-    prog: str,
-    description: str,
-    spec_class: type[BaseModel],
-    make_kind: Callable[[], JobKind] = lambda: INVERSION,
-) -> int:
+def main(argv: list[str] | None, prog: str, description: str, kind: JobKind) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("spec", type=Path, help="YAML spec file")
     mode = parser.add_mutually_exclusive_group()
@@ -103,9 +98,8 @@ def main(
     args = parser.parse_args(argv)
     secrets: set[str] = set()
     try:
-        spec = load_spec(args.spec, spec_class)
+        spec = load_spec(args.spec, kind.spec_class)
         secrets = spec_secrets(spec)
-        kind = make_kind()
         if args.verify:
             verified = verify_output(spec, kind)
             print(redact_text(verified.summary(), secrets))

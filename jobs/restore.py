@@ -10,14 +10,13 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import EXIT_CODES, main as run_main
-from pipeline.app_specs import RestoreSpec
-from pipeline.applications import RestoreJob
+from pipeline.restore.job import RESTORE
 
 __doc__ += "\n" + EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.restore", __doc__.splitlines()[0], RestoreSpec, RestoreJob)
+    return run_main(argv, "python -m jobs.restore", __doc__.splitlines()[0], RESTORE)
 
 
 if __name__ == "__main__":

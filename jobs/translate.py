@@ -9,14 +9,13 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import EXIT_CODES, main as run_main
-from pipeline.app_specs import TranslateSpec
-from pipeline.applications import TranslateJob
+from pipeline.translate.job import TRANSLATE
 
 __doc__ += "\n" + EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.translate", __doc__.splitlines()[0], TranslateSpec, TranslateJob)
+    return run_main(argv, "python -m jobs.translate", __doc__.splitlines()[0], TRANSLATE)
 
 
 if __name__ == "__main__":

@@ -18,19 +18,39 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_dependencies_point_one_way():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 2 kept, 0 broken" in result.stdout
+    assert "Contracts: 6 kept, 0 broken" in result.stdout
 
 
-def test_a_backward_import_breaks_the_contract(tmp_path):
+def copy_of_the_project(tmp_path: Path) -> Path:
     for name in PACKAGES:
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    (tmp_path / "operators" / "leak.py").write_text("import engines\nimport fsspec\n")
-    result = lint_imports(tmp_path)
+    return tmp_path
+
+
+def test_a_backward_import_breaks_the_contract(tmp_path):
+    root = copy_of_the_project(tmp_path)
+    (root / "operators" / "leak.py").write_text("import engines\nimport fsspec\n")
+    result = lint_imports(root)
     assert result.returncode == 1
     assert "operators.leak -> engines" in result.stdout
     assert "operators.leak -> fsspec" in result.stdout
-    assert "Contracts: 0 kept, 2 broken" in result.stdout
+    assert "Contracts: 4 kept, 2 broken" in result.stdout
+
+
+def test_the_core_knowing_a_job_or_a_cpu_step_importing_torch_breaks_its_contract(tmp_path):
+    root = copy_of_the_project(tmp_path)
+    (root / "pipeline" / "core" / "leak.py").write_text("import pipeline.edit.job\n")
+    with open(root / "pipeline" / "inversion" / "steps.py", "a") as f:
+        f.write("\nimport torch  # noqa\n")
+    with open(root / "pipeline" / "restore" / "job.py", "a") as f:
+        f.write("\nimport pipeline.edit.spec  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode == 1
+    assert "pipeline.core.leak -> pipeline.edit.job" in result.stdout
+    assert "pipeline.inversion.steps -> torch" in result.stdout
+    assert "pipeline.restore.job -> pipeline.edit.spec" in result.stdout
+    assert "Contracts: 3 kept, 3 broken" in result.stdout
 
 
 def readme_commands() -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from pipeline.storage import create_exclusively, is_local, join, write_atomically
+from pipeline.core.storage import create_exclusively, is_local, join, write_atomically
 
 LOCK_DIR = "_lock"
 HEARTBEAT_S = 10.0

@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from pipeline.image_formats import extensions
-from pipeline.secrets import redact_uri
-from pipeline.storage import filesystem, is_glob, is_local, static_prefix
+import pyarrow.parquet as pq
+
+from pipeline.core.errors import PreflightError
+from pipeline.core.formats import input_format
+from pipeline.core.image_formats import extensions
+from pipeline.core.secrets import redact_uri
+from pipeline.core.storage import filesystem, is_glob, is_local, static_prefix
 
 IMAGE_EXTENSIONS = extensions()
 
@@ -24,7 +29,7 @@ class Record:
 @dataclass(frozen=True)
 class Shard:
     index: int
-    format: str  # "images", "webdataset" or "parquet"
+    format: str  # a name of pipeline.core.formats.FORMATS
     # images: the files of the shard. webdataset / parquet: empty; the shard is the file ``source``, and
     # its records are found when it is read.
     records: tuple[Record, ...] = ()
@@ -97,9 +102,7 @@ def _list_files(uris: str | list[str], storage_options: Mapping[str, Any], exten
 
 def shard_inputs(shard: Shard) -> dict:
     """What a shard read, recorded in its stats so that later runs know which input is already done."""
-    if shard.format == "images":
-        return {"inputs": [r.key for r in shard.records]}
-    return {"source": redact_uri(shard.source), "key": shard.key, "size": shard.size, "version": shard.version}
+    return input_format(shard.format).recorded(shard)
 
 
 def assign_shards(
@@ -113,7 +116,7 @@ def assign_shards(
     Raises InputError for a committed file that was rewritten (its size changed).
     """
     shards, gone, covered = [], [], set()
-    if format == "images":
+    if input_format(format).records_listed:
         by_key = {r.key: r for shard in listing for r in shard.records}
         for name, stats in sorted(committed.items()):
             keys = _recorded(name, stats, "inputs")
@@ -187,16 +190,17 @@ def list_shards(
     images: every image file, cut into groups of ``shard_size``. webdataset: one shard per .tar file.
     parquet: one shard per .parquet file.
     """
-    if format == "images":
+    try:
+        kind = input_format(format)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if kind.records_listed:
         ordered = _list_files(uris, storage_options, image_extensions)
         return [
             Shard(index=i, format=format, records=tuple(ordered[start : start + shard_size]))
             for i, start in enumerate(range(0, len(ordered), shard_size))
         ]
-    extensions = {"webdataset": (".tar",), "parquet": (".parquet",)}.get(format)
-    if extensions is None:
-        raise InputError(f"unknown input format {format!r}; known: images, webdataset, parquet")
-    files = _list_files(uris, storage_options, extensions)
+    files = _list_files(uris, storage_options, kind.files)
     shards = []
     for i, record in enumerate(files):
         fs, path = filesystem(record.uri, storage_options)
@@ -206,3 +210,48 @@ def list_shards(
             Shard(index=i, format=format, source=record.uri, size=int(info.get("size") or 0), version=str(version), key=record.key)
         )
     return shards
+
+
+KEY_READERS = 8  # Parquet files whose key column is read at once
+
+
+def index_keys(shards: list[Shard], keys_of: Callable[[Shard], list], field: str, why: str) -> dict[str, Shard]:
+    """key -> the shard that holds it, the files read ``KEY_READERS`` at a time. A key two files hold is
+    refused (PreflightError naming ``field``, both files and ``why``); repeats inside one file are not
+    this index's to judge."""
+    index: dict[str, Shard] = {}
+    with ThreadPoolExecutor(KEY_READERS) as pool:
+        for shard, keys in zip(shards, pool.map(keys_of, shards)):
+            for key in keys:
+                first = index.setdefault(key, shard)
+                if first is not shard:
+                    raise PreflightError(
+                        f"{field}: key {key!r} is in both {redact_uri(first.source)} and "
+                        f"{redact_uri(shard.source)}; {why}"
+                    )
+    return index
+
+
+def check_unique_keys(shards: list[Shard], storage_options, key_column: str) -> None:
+    """Refuse ``key_column`` values that two Parquet files share, naming both files (a key repeated
+    inside one file is that row's reject)."""
+    def keys_of(shard: Shard) -> set[str]:
+        fs, path = filesystem(shard.source, storage_options)
+        with fs.open(path, "rb") as f:
+            keys = pq.read_table(f, columns=[key_column]).column(key_column).to_pylist()
+        return {str(k) for k in keys if k is not None}
+
+    index_keys(shards, keys_of, "input.key_column", "keys must be unique across the input")
+
+
+def check_parquet_columns(shard: Shard, input_spec) -> None:
+    """Refuse a Parquet input without the columns ``input_spec`` (the spec's input section) names."""
+    fs, path = filesystem(shard.source, input_spec.storage_options)
+    with fs.open(path, "rb") as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    for field_name in ("image_column", "key_column"):
+        column = getattr(input_spec, field_name)
+        if column is not None and column not in names:
+            raise ValueError(
+                f"{shard.source} has no column {column!r} (input.{field_name}); its columns: {', '.join(names)}"
+            )

@@ -1,7 +1,7 @@
 """Job specs: what to read, which model, where to write, with which resources.
 
-``JobSpec`` holds the sections every job shares; ``InversionSpec`` is the inversion job's, and
-``pipeline.app_specs`` adds the restoration, translation and editing jobs' own sections.
+``JobSpec`` holds the sections every job shares, ``ImageOutputSpec`` the output of jobs that make images;
+each job's package (``pipeline.inversion.spec``, ``pipeline.restore.spec``, ...) adds its own sections.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.image_formats import DEFAULT_FORMATS, FORMAT_EXTENSIONS
-from pipeline.secrets import redact_uri
+from pipeline.core.image_formats import DEFAULT_FORMATS, FORMAT_EXTENSIONS
+from pipeline.core.secrets import redact_uri
 
 
 class _Strict(BaseModel):
@@ -237,11 +237,6 @@ class JobSpec(_Strict):
         return {}
 
 
-class InversionSpec(JobSpec):
-    input: InputSpec = Field(description="What to invert.")
-    output: OutputSpec = Field(description="Where the W+ codes go.")
-
-
 def _redact_uris(section: dict[str, Any]) -> dict[str, Any]:
     def one(value: Any) -> Any:
         if isinstance(value, str):
@@ -249,3 +244,14 @@ def _redact_uris(section: dict[str, Any]) -> dict[str, Any]:
         return [one(v) for v in value] if isinstance(value, list) else value
 
     return {k: one(v) if k in ("uri", "checkpoint", "latents") else v for k, v in section.items()}
+
+
+class ImageOutputSpec(OutputSpec):
+    uri: str = Field(
+        description="Folder (local or fsspec URL) that receives images/<shard>/ and one Parquet manifest per input shard."
+    )
+    image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the output images.")
+    quality: int = Field(95, ge=1, le=100, description="jpeg and webp quality (png is lossless).")
+    contact_sheet_rows: int = Field(
+        32, ge=0, le=10_000, description="Rows (records) of _contact_sheet.png, inputs beside outputs; 0: no sheet."
+    )

@@ -9,7 +9,7 @@ the folder as a dataset yields the latents only):
     _files/shard-00000.json      every file the shard's writes create, recorded before the first of them
     _job.json                    what produced the output (checked on resume)
     _manifest.json               written when every shard is committed and the job succeeded
-    _lock/                       the running job's lease (pipeline.lock)
+    _lock/                       the running job's lease (pipeline.core.lock)
     _engines/                    exported graphs and TensorRT plans (engines.cache), unless engine.cache_uri
 
 Jobs that make images (restoration, translation, editing) add, per shard, before its stats:
@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.lock import check_fence
-from pipeline.secrets import redact_text, redact_uri
-from pipeline.storage import filesystem, is_local, join, with_retries, write_atomically
+from pipeline.core.lock import check_fence
+from pipeline.core.secrets import redact_text, redact_uri
+from pipeline.core.storage import filesystem, is_local, join, with_retries, write_atomically
 
 LATENT_COLUMN = "w_plus"
 PREVIEW_TILE, PREVIEW_GAP = 128, 4  # pixels of a contact sheet's pictures and the space between them

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engines import CheckpointError, checkpoint_sha256
-from pipeline.runner import INVERSION, JobKind, PreflightError
-from pipeline.shards import Shard, assign_shards
-from pipeline.sink import LATENT_COLUMN, METADATA_KEY, OutputStore
-from pipeline.spec import JobSpec
+from pipeline.core.errors import PreflightError
+from pipeline.core.formats import input_format
+from pipeline.core.job import JobKind
+from pipeline.core.shards import Shard, assign_shards
+from pipeline.core.store import LATENT_COLUMN, METADATA_KEY, OutputStore
+from pipeline.core.spec import JobSpec
 
 EXAMPLES = 5  # keys quoted per difference; the counts are always complete
 READERS = 8  # shards checked at once (the work is reading files)
@@ -77,7 +79,7 @@ def check_shard(
     only the output's own consistency is checked."""
     check = ShardCheck(shard.name)
     expected = None
-    if not (gone and shard.format != "images"):
+    if not (gone and not input_format(shard.format).records_listed):
         try:
             expected = kind.record_keys(spec, shard, stats)
         except (OSError, ValueError) as e:
@@ -173,7 +175,7 @@ def _check_images(store: OutputStore, shard: str, uris: list[str]) -> list[str]:
     return problems
 
 
-def verify_output(spec: JobSpec, kind: JobKind = INVERSION) -> VerifyReport:
+def verify_output(spec: JobSpec, kind: JobKind) -> VerifyReport:
     """Compare the output with the input the spec names. Raises VerifyError when there is nothing to compare."""
     store = OutputStore(spec.output.uri, spec.output.storage_options)
     job = store.read_job()

@@ -51,8 +51,8 @@ def test_the_engine_keeps_its_choice_and_the_cache_remembers_it(tmp_path):
 
 
 def test_jobs_let_the_engine_pick_on_gpus_unless_the_spec_fixes_the_batch(tmp_path):
-    from pipeline.runner import engine_options
-    from pipeline.spec import InversionSpec
+    from pipeline.core.preflight import engine_options
+    from pipeline.inversion.spec import InversionSpec
 
     def options(resources, engine=None):
         return engine_options(InversionSpec.model_validate({
@@ -70,8 +70,9 @@ def test_the_spec_names_every_generator_form_and_passes_it_to_the_engine(tmp_pat
     import typing
 
     from engines.graphs import GENERATOR_FORMS
-    from pipeline.runner import engine_options
-    from pipeline.spec import EngineSpec, InversionSpec
+    from pipeline.core.preflight import engine_options
+    from pipeline.core.spec import EngineSpec
+    from pipeline.inversion.spec import InversionSpec
 
     assert typing.get_args(EngineSpec.model_fields["modulation"].annotation) == GENERATOR_FORMS
     spec = InversionSpec.model_validate({

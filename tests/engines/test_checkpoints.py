@@ -1,6 +1,5 @@
 import argparse
 import math
-import pickle
 
 import fsspec
 import numpy as np

@@ -23,7 +23,7 @@ from jobs.cli import EXIT_BAD_SPEC, EXIT_OK
 from operators.edits import paste_center
 from operators.images import images_to_tensor, tensor_to_images
 from operators.metrics import psnr, ssim
-from pipeline.task_inputs import degrade
+from pipeline.restore.tasks import degrade
 
 RESOURCES = {"batch_size": 4}
 

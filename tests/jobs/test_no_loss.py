@@ -3,12 +3,9 @@ record is written twice (``--verify`` agrees), nothing secret is written, and th
 happened in one line."""
 
 import http.server
-import io
 import json
 import re
-import tarfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +18,8 @@ from datasets import make_image_folder, png_bytes, write_image_parquet, write_ta
 from factories import make_e2style, write_official
 from jobs import edit, invert_dataset
 from jobs.cli import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK
-from pipeline.lock import RunLock
-from pipeline.storage import filesystem
+from pipeline.core.lock import RunLock
+from pipeline.core.storage import filesystem
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, checkpoint, capsys):
 
 
 def test_aliases_that_share_options_between_sections_are_fine(tmp_path, checkpoint):
-    from pipeline.spec import InversionSpec
+    from pipeline.inversion.spec import InversionSpec
 
     text = yaml.safe_dump(base(tmp_path, checkpoint))
     text = text.replace("input:", "input:\n  storage_options: &s3 {anon: false}", 1)
@@ -155,7 +155,7 @@ def test_a_run_without_an_address_starts_its_own_ray(monkeypatch):
     """Never the cluster that happens to run on the machine: ``address="local"`` makes Ray start a new one."""
     import ray
 
-    from pipeline.cluster import start_ray
+    from pipeline.core.cluster import start_ray
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from engines.directions import DirectionError, load_direction
-from pipeline.app_tasks import PrepareRestore, image_name, safe_name
-from pipeline.shards import Record, Shard
-from pipeline.task_inputs import degrade
+from pipeline.core.images import image_name, safe_name
+from pipeline.restore.steps import PrepareRestore
+from pipeline.core.shards import Record, Shard
+from pipeline.restore.tasks import degrade
 from datasets import make_image_folder
 
 
@@ -50,7 +51,7 @@ def test_evaluation_inputs_are_degraded_per_key(tmp_path):
     args = {"resize": False, "convert_to_rgb": False, "storage_options": {}, "image_column": "image", "key_column": None}
     prepare = PrepareRestore(32, args, "denoise", True, 5, {"noise": "salt_and_pepper", "amount": 0.2}, 2)
     meta, payload = prepare(shard, None)
-    assert meta["keys"] == keys and len(meta["previews"]) == 2
+    assert meta.keys == keys and len(meta.previews) == 2
     for key, clean, noisy in zip(keys, payload["clean"], payload["inputs"]):
         np.testing.assert_array_equal(noisy, degrade("denoise", clean, key, 5, noise="salt_and_pepper", amount=0.2))
         changed = (noisy != clean).mean()

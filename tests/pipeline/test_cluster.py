@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from datasets import free_ports, kill_process_tree
-from pipeline.cluster import ClusterError, check_reachable, start_ray
+from pipeline.core.cluster import ClusterError, check_reachable, start_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_a_failed_ray_init_names_the_field(fresh_driver, monkeypatch):
 DRIVER = """
 import ray
 from ray._private.services import canonicalize_bootstrap_address
-from pipeline.cluster import start_ray
+from pipeline.core.cluster import start_ray
 
 print(canonicalize_bootstrap_address(None))  # what a plain ray.init() would join
 print(start_ray(None))

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import lock as lock_module
-from pipeline.app_tasks import image_name, unwritable_names
-from pipeline.lock import LockHeld, LockLost, RunLock, check_fence, read_leases
-from pipeline.secrets import redact_text, redact_uri, spec_secrets
-from pipeline.sink import OutputStore, latent_table
-from pipeline.storage import create_exclusively, location, overlap, with_retries
+from pipeline.core import lock as lock_module
+from pipeline.core.images import image_name, unwritable_names
+from pipeline.core.lock import LockHeld, LockLost, RunLock, check_fence, read_leases
+from pipeline.core.secrets import redact_text, redact_uri, spec_secrets
+from pipeline.core.store import OutputStore, latent_table
+from pipeline.core.storage import create_exclusively, location, overlap, with_retries
 
 
 def local_fs(tmp_path):
@@ -208,7 +208,7 @@ def test_redaction_of_urls_and_option_values():
 
 
 def test_spec_secrets_are_every_storage_option_value(tiny_checkpoint, tmp_path):
-    from pipeline.spec import InversionSpec
+    from pipeline.inversion.spec import InversionSpec
 
     spec = InversionSpec.model_validate({
         "input": {"uri": "s3://b/in", "storage_options": {"key": "AKIA-IN", "client_kwargs": {"headers": {"X": "HDR-VALUE"}}}},
@@ -220,7 +220,7 @@ def test_spec_secrets_are_every_storage_option_value(tiny_checkpoint, tmp_path):
 
 
 def test_a_presigned_signature_does_not_change_the_spec_fingerprint(tiny_checkpoint, tmp_path):
-    from pipeline.spec import InversionSpec
+    from pipeline.inversion.spec import InversionSpec
 
     def spec(signature):
         return InversionSpec.model_validate({
@@ -283,7 +283,7 @@ def test_a_retry_of_an_image_shard_uncommits_it_before_replacing_any_image(tmp_p
         raise ConnectionResetError("the bucket went away")
 
     monkeypatch.setattr(store, "_write_images", image_write_that_dies)
-    monkeypatch.setattr("pipeline.storage.BACKOFF_S", 0.01)
+    monkeypatch.setattr("pipeline.core.storage.BACKOFF_S", 0.01)
     with pytest.raises(ConnectionResetError):
         store.retry_rejects("shard-00000", rows(["b"]), [], 10, time.time(), images={"b.png": b"b"})
     assert seen[0] == ("uncommitted", ["b.png"])  # the shard was uncommitted before any image was touched

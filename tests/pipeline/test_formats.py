@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from datasets import png_bytes, write_image_parquet, write_tar
-from pipeline.decode import read_and_decode
-from pipeline.shards import InputError, list_shards
+from pipeline.core.decode import read_and_decode
+from pipeline.core.shards import InputError, list_shards
 
 
 def test_webdataset_samples_are_grouped_by_key(tmp_path):

@@ -8,14 +8,18 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from datasets import bad_images, make_image_folder
 from engines import load_inverter
 from operators.images import images_to_tensor
-from pipeline.decode import decode_image
-from pipeline.runner import JobKind, PreflightError, Work, plan_job, run_inversion, run_plan
-from pipeline.spec import InversionSpec
+from pipeline.core.decode import decode_image
+from pipeline.core.errors import PreflightError
+from pipeline.core.job import Work
+from pipeline.inversion.job import INVERSION, InversionJob
+from pipeline.core.preflight import plan_job
+from pipeline.core.schedule import run_plan
+from runs import run_inversion
+from pipeline.inversion.spec import InversionSpec
 
 
 def make_spec(input_uri, checkpoint, output_uri, **sections) -> InversionSpec:
@@ -106,7 +110,7 @@ def test_output_of_another_model_is_refused(ray_local, tiny_checkpoint, tmp_path
 
     one_stage = make_spec(str(folder), tiny_checkpoint, str(out), model={"stages": 1})
     with pytest.raises(PreflightError, match="holds output of a different stages .*2.*1.*--overwrite"):
-        plan_job(one_stage)
+        plan_job(one_stage, INVERSION)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # refusals wrote nothing
 
     report = run_inversion(one_stage, overwrite=True, show_progress=False)
@@ -115,7 +119,7 @@ def test_output_of_another_model_is_refused(ray_local, tiny_checkpoint, tmp_path
 
 
 def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoint, tmp_path):
-    from pipeline.verify import verify_output
+    from pipeline.core.verify import verify_output
 
     folder, out = tmp_path / "in", tmp_path / "out"
     first = make_image_folder(folder, good=5)  # shards of 4: [4], [1]
@@ -135,14 +139,14 @@ def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoin
     assert keys == first + ["a/img_0005.png", "c/new.png"]
     np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
     assert json.loads((out / "_stats" / "shard-00002.json").read_text())["inputs"] == ["a/img_0005.png", "c/new.png"]
-    assert verify_output(spec).ok
+    assert verify_output(spec, INVERSION).ok
 
     # Input deleted after it was inverted (say, by a bucket lifecycle rule): the output is kept.
     (folder / first[0]).unlink()
     report = run_inversion(spec, show_progress=False)
     assert (report.shards_skipped, report.gone, report.written) == (3, 1, 7)
     assert "1 committed shard(s) read input that is no longer listed; their output is kept" in report.summary()
-    verified = verify_output(spec)
+    verified = verify_output(spec, INVERSION)
     assert verified.ok and "1 committed shard(s) read input that is no longer listed: 'shard-00000'" in verified.summary()
 
 
@@ -155,10 +159,10 @@ def test_a_rewritten_webdataset_shard_is_refused(ray_local, tiny_checkpoint, tmp
     spec = make_spec(str(tars), tiny_checkpoint, str(tmp_path / "out"), input={"format": "webdataset"})
     run_inversion(spec, show_progress=False)
     write_tar(tars / "001.tar", [("y/1.png", png_bytes(2))])  # a new file: a new shard
-    assert [s.name for s in plan_job(spec).todo] == ["shard-00001"]
+    assert [s.name for s in plan_job(spec, INVERSION).todo] == ["shard-00001"]
     write_tar(tars / "000.tar", [("x/1.png", png_bytes(1)), ("x/2.png", png_bytes(3))])
     with pytest.raises(PreflightError, match=r"000.tar changed after it was committed as shard-00000 \(10240 bytes, version .* then; 10240 bytes, version .* now\)"):
-        plan_job(spec)
+        plan_job(spec, INVERSION)
 
 
 def test_too_many_rejects_fail_the_job_but_keep_what_was_written(ray_local, tiny_checkpoint, tmp_path):
@@ -187,7 +191,7 @@ def test_a_killed_inference_actor_loses_nothing(ray_local, tiny_checkpoint, tmp_
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    plan = plan_job(spec)
+    plan = plan_job(spec, INVERSION)
     report = run_plan(plan, progress=kill_actor_after_first_commit)
     assert killed, "no inference actor was running"
     assert (report.records, report.written, report.succeeded) == (90, 90, True)
@@ -255,7 +259,7 @@ def test_webdataset_and_parquet_inputs(ray_local, tiny_checkpoint, tmp_path):
 
     missing = make_spec(str(parquets), tiny_checkpoint, str(tmp_path / "out-x"), input={"format": "parquet", "image_column": "jpeg"})
     with pytest.raises(PreflightError, match=r"a.parquet has no column 'jpeg' \(input.image_column\); its columns: key, image"):
-        plan_job(missing)
+        plan_job(missing, INVERSION)
 
 
 def test_an_onnxruntime_engine_built_once_and_gated(ray_local, tiny_checkpoint, tmp_path):
@@ -306,7 +310,7 @@ class FailingPrepare:
         return self.decode(shard, only)
 
 
-class FlakyInversion(JobKind):
+class FlakyInversion(InversionJob):
     def __init__(self, fail_shard: str, counter_dir: str, transient: int | None):
         self.args = (fail_shard, counter_dir, transient)
 
@@ -331,7 +335,7 @@ def test_a_transient_storage_error_in_a_task_is_retried(ray_local, tiny_checkpoi
     good = make_image_folder(folder, good=6)
     (tmp_path / "tries").mkdir()
     spec = make_spec(str(folder), tiny_checkpoint, str(out))
-    plan = plan_job(spec, kind=FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=2))
+    plan = plan_job(spec, FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=2))
     report = run_plan(plan)
     assert (report.records, report.written, report.succeeded) == (6, 6, True)
     assert len(os.listdir(tmp_path / "tries")) == 3  # two hiccups, then the try that worked
@@ -341,13 +345,13 @@ def test_a_transient_storage_error_in_a_task_is_retried(ray_local, tiny_checkpoi
 def test_a_failed_step_is_named_and_the_actors_are_ended(ray_local, tiny_checkpoint, tmp_path, by_value):
     import ray
 
-    from pipeline.runner import JobFailed
+    from pipeline.core.errors import JobFailed
 
     folder, out = tmp_path / "in", tmp_path / "out"
     make_image_folder(folder, good=6)
     (tmp_path / "tries").mkdir()
     spec = make_spec(str(folder), tiny_checkpoint, str(out))
-    plan = plan_job(spec, kind=FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=None))
+    plan = plan_job(spec, FlakyInversion("shard-00001", str(tmp_path / "tries"), transient=None))
     with pytest.raises(JobFailed, match=r"shard-00001 \(from b/img_003.png\) could not be read and prepared: "
                                         r"ValueError: this shard's container is corrupt"):
         run_plan(plan)

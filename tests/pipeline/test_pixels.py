@@ -10,10 +10,10 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from datasets import make_image_folder
-from pipeline.decode import decode_image, read_and_decode
-from pipeline.image_formats import open_image, open_rgb, sniff, to_rgb
-from pipeline.shards import list_shards
-from pipeline.task_inputs import segmentation_input, sketch_input
+from pipeline.core.decode import decode_image, read_and_decode
+from pipeline.core.image_formats import open_image, open_rgb, sniff, to_rgb
+from pipeline.core.shards import list_shards
+from pipeline.translate.steps import segmentation_input, sketch_input
 
 RNG = np.random.default_rng(5)
 PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -4,8 +4,8 @@ from PIL import Image
 import io
 
 from datasets import bad_images, make_image_folder, png_bytes
-from pipeline.decode import decode_image, read_and_decode
-from pipeline.shards import InputError, list_shards
+from pipeline.core.decode import decode_image, read_and_decode
+from pipeline.core.shards import InputError, list_shards
 
 
 def test_folder_listing_is_sorted_sharded_and_keyed_by_relative_path(tmp_path):

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sink import OutputStore, latent_table
+from pipeline.core.store import OutputStore, latent_table
 
 PROVENANCE = {"checkpoint": "m.pt", "stages": 2}
 

@@ -5,14 +5,9 @@ import pytest
 from PIL import Image
 
 from operators.degradations import triangle_mask
-from pipeline.task_inputs import (
-    contact_sheet,
-    degrade,
-    encode_image,
-    record_seed,
-    segmentation_input,
-    sketch_input,
-)
+from pipeline.core.images import contact_sheet, encode_image
+from pipeline.restore.tasks import degrade, record_seed
+from pipeline.translate.steps import segmentation_input, sketch_input
 
 
 def smooth_image(size=32, seed=0):

@@ -6,11 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from datasets import bad_images, make_image_folder, png_bytes, write_tar
-from pipeline.decode import read_and_decode
-from pipeline.runner import run_inversion
-from pipeline.shards import list_shards
-from pipeline.sink import OutputStore, latent_table
-from pipeline.verify import VerifyError, verify_output
+from pipeline.core.decode import read_and_decode
+from runs import run_inversion
+from pipeline.core.shards import list_shards
+from pipeline.core.store import OutputStore, latent_table
+from pipeline.core.verify import VerifyError, verify_output
+from pipeline.inversion.job import INVERSION
 from test_inversion_job import direct_codes, make_spec, read_output
 
 
@@ -32,7 +33,7 @@ def rewrite(path, change):
 
 def test_a_complete_output_verifies(inverted):
     spec, _, out, _ = inverted
-    report = verify_output(spec)
+    report = verify_output(spec, INVERSION)
     assert report.ok, report.summary()
     assert report.summary() == (
         f"verified: 5 shards, 17 input records; output {out} holds 11 latents and 6 rejects; "
@@ -64,7 +65,7 @@ def test_verify_names_every_difference(inverted):
     (out / "_files" / "shard-00009.json").write_text('{"shard": "shard-00009", "files": ["shard-00009.parquet"]}')
     (out / "shard-00010.parquet").write_bytes(b"the user's")
 
-    report = verify_output(spec)
+    report = verify_output(spec, INVERSION)
     assert not report.ok
     problems = {c.shard: c.problems for c in report.shards}
     assert problems["shard-00000"] == []
@@ -91,9 +92,9 @@ def test_verify_names_every_difference(inverted):
 def test_verify_refuses_output_of_another_spec(inverted, tmp_path):
     spec, _, _, _ = inverted
     with pytest.raises(VerifyError, match="written from a different spec"):
-        verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"latent_dtype": "float16"})}))
+        verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"latent_dtype": "float16"})}), INVERSION)
     with pytest.raises(VerifyError, match=r"holds no inversion output \(no _job.json\)"):
-        verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"uri": str(tmp_path / "x")})}))
+        verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"uri": str(tmp_path / "x")})}), INVERSION)
 
 
 def test_verify_reads_keys_inside_webdataset_shards(ray_local, tiny_checkpoint, tmp_path):
@@ -102,9 +103,9 @@ def test_verify_reads_keys_inside_webdataset_shards(ray_local, tiny_checkpoint, 
     write_tar(tars / "000.tar", [("x/1.png", png_bytes(1)), ("x/2.png", b""), ("x/3.png", png_bytes(3))])
     spec = make_spec(str(tars), tiny_checkpoint, str(tmp_path / "out"), input={"format": "webdataset"})
     run_inversion(spec, show_progress=False)
-    assert verify_output(spec).ok
+    assert verify_output(spec, INVERSION).ok
     rewrite(tmp_path / "out" / "shard-00000.parquet", lambda t: t.slice(0, 1))
-    check = verify_output(spec).shards[0]
+    check = verify_output(spec, INVERSION).shards[0]
     assert check.problems[0] == "1 record(s) missing from the output and the rejects: '000.tar/x/3'"
 
 
@@ -140,7 +141,7 @@ def test_retry_rejects_recovers_fixed_files_and_touches_nothing_else(inverted, t
     assert (stats["shard-00003"]["written"], stats["shard-00003"]["rejected"], stats["shard-00003"]["retries"]) == (1, 3, 1)
     assert "retries" not in stats["shard-00001"]
     assert json.loads((out / "_manifest.json").read_text())["written"] == 13
-    assert verify_output(spec).ok
+    assert verify_output(spec, INVERSION).ok
 
     again = run_inversion(spec, show_progress=False, retry_rejects=True)
     assert (again.retried, again.recovered, again.written) == (4, 0, 13)
@@ -160,8 +161,8 @@ def test_a_retry_that_dies_mid_commit_leaves_the_shard_to_be_redone(inverted, mo
         store.retry_rejects("shard-00003", latent_table([], [], np.zeros((0, 10, 32), np.float32), {}, "float32"), [], 3, 0.0)
     monkeypatch.undo()
     assert "shard-00003" not in store.committed()  # uncommitted, not half-updated
-    assert verify_output(spec).shards[3].problems[0].startswith("not committed")
+    assert verify_output(spec, INVERSION).shards[3].problems[0].startswith("not committed")
 
     report = run_inversion(spec, show_progress=False)  # a plain rerun redoes the shard whole
     assert (report.shards_skipped, report.written, report.rejected) == (4, 12, 5)
-    assert verify_output(spec).ok
+    assert verify_output(spec, INVERSION).ok

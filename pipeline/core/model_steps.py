@@ -1,0 +1,45 @@
+"""What inference actors do with an engine, shared by the jobs' model steps: images to W+ codes and W+ codes
+to images, in batches, numpy in and out (what crosses Ray's object store)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engines.engine import Engine
+from operators.images import images_to_tensor, tensor_to_images
+
+
+def invert_images(engine: Engine, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 RGB [N, S, S, 3] -> W+ float32 [N, num_ws, style_dim], in batches of ``batch_size``."""
+    cfg = engine.config
+    out = np.empty((len(images), cfg.num_ws, cfg.style_dim), np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images_to_tensor(images[start : start + batch_size])
+        out[start : start + len(batch)] = engine.invert(batch).cpu().numpy()
+    return out
+
+
+def render(engine: Engine, codes: np.ndarray, batch_size: int) -> np.ndarray:
+    """W+ [N, num_ws, style_dim] -> uint8 RGB [N, S, S, 3] at the model's size, as the official tensor2im."""
+    size = engine.config.image_size
+    out = np.empty((len(codes), size, size, 3), np.uint8)
+    for start in range(0, len(codes), batch_size):
+        batch = torch.as_tensor(codes[start : start + batch_size])
+        out[start : start + len(batch)] = tensor_to_images(engine.synthesize(batch)).numpy()
+    return out
+
+
+def invert_tensors(engine: Engine, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Model-ready float input [N, C, S, S] (sketches, one-hot label maps) -> W+ float32."""
+    cfg = engine.config
+    out = np.empty((len(inputs), cfg.num_ws, cfg.style_dim), np.float32)
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.as_tensor(inputs[start : start + batch_size])
+        out[start : start + len(batch)] = engine.invert(batch).cpu().numpy()
+    return out
+
+
+def images_to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float64 [N, 3, H, W] in [0, 1], where the metrics are computed."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).double() / 255

@@ -1,0 +1,1 @@
+"""The restoration job (``python -m jobs.restore``): colorization, denoising, inpainting, super-resolution."""
