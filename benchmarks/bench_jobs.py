@@ -131,8 +131,8 @@ def run_one(spec_cls, kind, output: Path, sections: dict, checkpoints: dict[str,
     plan = plan_job(spec, kind)
     commits: list[tuple[float, int, int]] = []
 
-    def progress(stats: dict) -> None:
-        commits.append((time.perf_counter(), stats["records"], stats["written"]))
+    def progress(stats) -> None:
+        commits.append((time.perf_counter(), stats.records, stats.written))
 
     start = time.perf_counter()
     report = run_plan(plan, progress=progress)

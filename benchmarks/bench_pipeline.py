@@ -89,7 +89,7 @@ def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path
     plan = plan_job(spec, INVERSION)
     commits: list[tuple[float, int]] = []
     start = time.perf_counter()
-    report = run_plan(plan, progress=lambda stats: commits.append((time.perf_counter(), stats["written"])))
+    report = run_plan(plan, progress=lambda stats: commits.append((time.perf_counter(), stats.written)))
     end_to_end = report.written / (time.perf_counter() - start)
     assert report.written == len(list(folder.glob("*.png"))), report.summary()
     (first, _), (last, _) = commits[0], commits[-1]

@@ -22,7 +22,7 @@ from PIL import Image
 from pipeline.core.decode import read_and_decode
 from pipeline.core.image_formats import DEFAULT_FORMATS
 from pipeline.core.job import Plan
-from pipeline.core.payloads import ModelResult, Prepared
+from pipeline.core.payloads import ModelResult, Prepared, ShardStats
 from pipeline.core.shards import IMAGE_EXTENSIONS, Shard, shard_inputs
 from pipeline.core.store import PREVIEW_GAP, PREVIEW_TILE, OutputStore, manifest_table
 
@@ -121,7 +121,9 @@ class WriteImages:
     quality: int
     preview_rows: int
 
-    def __call__(self, store: OutputStore, shard: Shard, meta: Prepared, result: ModelResult, started: float, retry: bool) -> dict:
+    def __call__(
+        self, store: OutputStore, shard: Shard, meta: Prepared, result: ModelResult, started: float, retry: bool
+    ) -> ShardStats:
         keys, sources = meta.keys, meta.sources
         names = [image_name(keys[r], variant, self.image_format) for r, variant, _ in meta.rows]
         taken = set()
@@ -156,7 +158,7 @@ class WriteImages:
         preview = self._preview(meta, rows, images)
         return store.write_shard(
             shard.name, table, rejects, self.row_group_size, started, shard_inputs(shard),
-            extra={"preview_rows": len(preview)}, images=encoded, preview=contact_sheet(preview) if preview else None,
+            images=encoded, preview=contact_sheet(preview) if preview else None, preview_rows=len(preview),
         )
 
     def _preview(self, meta: Prepared, rows: list, images: np.ndarray) -> list[list[np.ndarray]]:

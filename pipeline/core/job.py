@@ -16,6 +16,7 @@ from pipeline.core.decode import read_records
 from pipeline.core.errors import PreflightError
 from pipeline.core.formats import input_format
 from pipeline.core.image_formats import extensions
+from pipeline.core.payloads import Prepared, ShardStats
 from pipeline.core.shards import Shard, check_parquet_columns, check_unique_keys, list_shards
 from pipeline.core.spec import JobSpec
 from pipeline.core.store import OutputStore
@@ -26,9 +27,9 @@ class Work:
     """A job's work on one shard, in the three places it runs. Each part is pickled on its own, so the
     CPU tasks only import what their own part needs."""
 
-    prepare: Callable[[Shard, frozenset | None], tuple[dict, Any]]  # CPU task: (meta, payload); ``only``: keys to redo
+    prepare: Callable[[Shard, frozenset | None], tuple[Prepared, Any]]  # CPU task: (meta, payload); ``only``: keys to redo
     model: Callable[[Any, Any, int], Any]  # inference actor: (engine, payload, batch_size) -> result
-    write: Callable[[OutputStore, Shard, dict, Any, float, bool], dict]  # CPU task: commits the shard, returns its stats
+    write: Callable[[OutputStore, Shard, Prepared, Any, float, bool], ShardStats]  # CPU task: commits the shard
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,11 @@ class JobKind:
         what the work needs from the checks travels in the plan (``Checked.found``)."""
         raise NotImplementedError
 
-    def record_keys(self, spec: JobSpec, shard: Shard, stats: dict | None) -> list[str]:
+    def record_keys(self, spec: JobSpec, shard: Shard, stats: ShardStats | None) -> list[str]:
         """The keys of the records the job makes output for in ``shard`` (for --verify): as recorded when
         it was committed (images), or read from its WebDataset or Parquet file."""
         if input_format(shard.format).records_listed:
-            return list(stats["inputs"]) if stats else [r.key for r in shard.records]
+            return list(stats.inputs or ()) if stats else [r.key for r in shard.records]
         records = read_records(shard, spec.input.storage_options, spec.input.image_column, spec.input.key_column)
         return [key for key, _, _ in records]
 
@@ -87,7 +88,7 @@ class Plan:
 
     spec: JobSpec
     shards: list[Shard]
-    committed: dict[str, dict]
+    committed: dict[str, ShardStats]
     provenance: dict[str, Any]
     store: OutputStore
     kind: JobKind
@@ -107,7 +108,7 @@ class Plan:
         """Committed shards whose rejected records are tried again (only with ``retry_rejects``)."""
         if not self.retry_rejects:
             return []
-        return [s for s in self.shards if self.committed.get(s.name, {}).get("rejected", 0) > 0]
+        return [s for s in self.shards if s.name in self.committed and self.committed[s.name].rejected > 0]
 
 
 # The official ``opts['dataset_type']`` each task's checkpoint was trained with.

@@ -1,6 +1,7 @@
 """What crosses a process boundary between a job's steps: the prepared shard a CPU task hands to the model
-and the write step, the model's result, and the engine an engine-preparing task reports. Small frozen
-dataclasses (numpy inside, no torch), so each step reads fields rather than keys of a dict.
+and the write step, the model's result, the engine an engine-preparing task reports, and the stats that
+commit a shard. Small frozen dataclasses (numpy inside, no torch), so each step reads fields rather than
+keys of a dict.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 Reject = tuple[str, str, str]  # (key, source, why)
+READ_FIELDS = ("inputs", "source", "key", "size", "version")  # what ShardStats records of a shard's input
 Row = tuple[int, str, Mapping[str, Any]]  # (record index, variant name, parameters) of one output row
 
 
@@ -45,3 +47,46 @@ class PreparedEngine:
     options: Any = None  # engines.engine.EngineOptions
     report: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """What committing a shard recorded in ``_stats/<shard>.json`` (the file whose presence commits it): its
+    counts, its files, and what it read, so that later runs know which input is done."""
+
+    shard: str
+    records: int  # records read: written + rejected
+    written: int  # records with output rows
+    rejected: int
+    data_file: str  # relative to the output
+    rejects_file: str | None = None
+    rows: int = 0  # output rows (a record may get several)
+    seconds: float = 0.0
+    committed_at: str = ""
+    inputs: tuple[str, ...] | None = None  # the image files it read, by key (image input)
+    source: str | None = None  # the container file it read (WebDataset, Parquet), redacted
+    key: str | None = None  # that file's path in the input
+    size: int | None = None  # that file's bytes and version when read: a rewritten file is refused
+    version: str | None = None
+    preview_rows: int | None = None  # records on its contact-sheet preview
+    retries: int = 0  # retries of its rejects
+
+    def to_json(self) -> dict[str, Any]:
+        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and not (k == "retries" and v == 0)}
+        if self.inputs is not None:
+            record["inputs"] = list(self.inputs)
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "ShardStats":
+        """Stats as any version of this project wrote them (later fields default); unknown fields are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in record.items() if k in known}
+        if fields.get("inputs") is not None:
+            fields["inputs"] = tuple(fields["inputs"])
+        return cls(**fields)
+
+    @property
+    def read(self) -> dict[str, Any]:
+        """What the shard read (``InputFormat.recorded``), as it was recorded."""
+        return {k: getattr(self, k) for k in READ_FIELDS if getattr(self, k) is not None}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.core.formats import input_format
 from pipeline.core.job import Plan
+from pipeline.core.payloads import ShardStats
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ProgressBar:
         from tqdm import tqdm
 
         # Records of webdataset and parquet shards are counted only as they are read.
-        self.retrying = {s.name: plan.committed[s.name]["rejected"] for s in plan.retries}
+        self.retrying = {s.name: plan.committed[s.name].rejected for s in plan.retries}
         total = None
         if plan.todo and input_format(plan.todo[0].format).records_listed:
             total = sum(len(s.records) for s in plan.todo) + sum(self.retrying.values())
@@ -71,11 +72,11 @@ class ProgressBar:
     def _refresh(self) -> None:
         self.bar.set_postfix_str(f"shards {self.shards_done}/{self.shards_total}, rejected {self.rejected}")
 
-    def update_shard(self, stats: dict) -> None:
+    def update_shard(self, stats: ShardStats) -> None:
         self.shards_done += 1
-        self.rejected += stats["rejected"]
+        self.rejected += stats.rejected
         self._refresh()
-        self.bar.update(self.retrying.get(stats["shard"], stats["records"]))
+        self.bar.update(self.retrying.get(stats.shard, stats.records))
 
     def close(self) -> None:
         self.bar.close()

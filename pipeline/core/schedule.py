@@ -32,6 +32,7 @@ from pipeline.core.cluster import start_ray
 from pipeline.core.errors import JobFailed, PreflightError, reason
 from pipeline.core.job import JobKind, Plan
 from pipeline.core.lock import LockHeld, RunLock
+from pipeline.core.payloads import ShardStats
 from pipeline.core.preflight import engine_options, inspect_output, plan_job
 from pipeline.core.report import JobReport, ProgressBar
 from pipeline.core.secrets import redact_text, redact_uri
@@ -77,14 +78,14 @@ def _prepare(factory: InverterFactory, res, provenance: dict) -> InverterFactory
     return dataclasses.replace(factory, engine=options)
 
 
-def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: RunLock | None = None) -> JobReport:
+def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, lock: RunLock | None = None) -> JobReport:
     """Run a plan whose output lease is held (``lock``; tests may run a plan without one)."""
     spec, res = plan.spec, plan.spec.resources
     started = time.time()
     todo = [(shard, False) for shard in plan.todo] + [(shard, True) for shard in plan.retries]
     if plan.committed == {} and not todo:
         raise JobFailed("nothing to do: the input has no shards")
-    retried = sum(plan.committed[s.name]["rejected"] for s, retry in todo if retry)
+    retried = sum(plan.committed[s.name].rejected for s, retry in todo if retry)
     if todo:
         _check_cluster_fits(res)
         use_gpu = res.num_gpus_per_actor > 0
@@ -107,13 +108,13 @@ def run_plan(plan: Plan, progress: Callable[[dict], None] | None = None, lock: R
     stats = dict(plan.committed)
     if todo:
         for shard_stats in _run_shards(plan, todo, factory, call_batch, lock):
-            stats[shard_stats["shard"]] = shard_stats
+            stats[shard_stats.shard] = shard_stats
             if progress:
                 progress(shard_stats)
 
-    records = sum(s["records"] for s in stats.values())
-    rejected = sum(s["rejected"] for s in stats.values())
-    recovered = sum(stats[s.name]["written"] - plan.committed[s.name]["written"] for s, retry in todo if retry)
+    records = sum(s.records for s in stats.values())
+    rejected = sum(s.rejected for s in stats.values())
+    recovered = sum(stats[s.name].written - plan.committed[s.name].written for s, retry in todo if retry)
     rate = rejected / records if records else 0.0
     ok = rate <= spec.max_failure_rate
     message = "" if ok else (

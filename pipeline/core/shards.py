@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import PreflightError
 from pipeline.core.formats import input_format
+from pipeline.core.payloads import ShardStats
 from pipeline.core.image_formats import extensions
 from pipeline.core.secrets import redact_uri
 from pipeline.core.storage import filesystem, is_glob, is_local, static_prefix
@@ -106,7 +107,7 @@ def shard_inputs(shard: Shard) -> dict:
 
 
 def assign_shards(
-    listing: list[Shard], format: str, shard_size: int, committed: Mapping[str, Mapping[str, Any]]
+    listing: list[Shard], format: str, shard_size: int, committed: Mapping[str, ShardStats]
 ) -> tuple[list[Shard], list[str]]:
     """The shards of a run: committed shards keep what they read, and input that no committed shard read
     (new files, or shards an interrupted run did not commit) is cut into new shards, in sorted order, under
@@ -136,21 +137,21 @@ def assign_shards(
         current = by_source.get(source)
         if current is None:
             gone.append(name)
-        elif (current.size, current.version) != (stats.get("size"), stats.get("version")):
+        elif (current.size, current.version) != (stats.size, stats.version):
             raise InputError(
-                f"{redact_uri(source)} changed after it was committed as {name} ({stats.get('size')} bytes, version "
-                f"{stats.get('version')} then; {current.size} bytes, version {current.version} now); "
+                f"{redact_uri(source)} changed after it was committed as {name} ({stats.size} bytes, version "
+                f"{stats.version} then; {current.size} bytes, version {current.version} now); "
                 "write to a new output.uri or rerun with --overwrite"
             )
         covered.add(source)
-        key = stats.get("key", posixpath.basename(source))  # stats written before keys had the file's path
+        key = stats.key if stats.key is not None else posixpath.basename(source)  # stats from before keys had the path
         shards.append(
             Shard(
                 index=_index(name),
                 format=format,
                 source=current.source if current else source,
-                size=stats.get("size", 0),
-                version=stats.get("version", ""),
+                size=stats.size or 0,
+                version=stats.version or "",
                 key=key,
             )
         )
@@ -169,13 +170,13 @@ def _index(name: str) -> int:
     return int(name.rsplit("-", 1)[1])
 
 
-def _recorded(name: str, stats: Mapping[str, Any], field: str) -> Any:
-    if field not in stats:
+def _recorded(name: str, stats: ShardStats, field: str) -> Any:
+    if getattr(stats, field) is None:
         raise InputError(
             f"{name} was committed without a record of its input (written by an older version); "
             "rerun with --overwrite or write to a new output.uri"
         )
-    return stats[field]
+    return getattr(stats, field)
 
 
 def list_shards(

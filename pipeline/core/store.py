@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.core.lock import check_fence
+from pipeline.core.payloads import ShardStats
 from pipeline.core.secrets import redact_text, redact_uri
 from pipeline.core.storage import filesystem, is_local, join, with_retries, write_atomically
 
@@ -159,15 +160,15 @@ class OutputStore:
         if paths:
             self.fs.pipe(paths)  # object stores upload these concurrently
 
-    def write_contact_sheet(self, stats: list[dict], rows: int) -> str | None:
+    def write_contact_sheet(self, stats: list[ShardStats], rows: int) -> str | None:
         """Stack the previews of the shards (in order) until ``rows`` rows; returns the sheet's URI."""
         pieces, taken = [], 0
         for record in stats:
-            count = min(record.get("preview_rows", 0), rows - taken)
-            if count <= 0 or not self.fs.exists(self.preview_path(record["shard"])):
+            count = min(record.preview_rows or 0, rows - taken)
+            if count <= 0 or not self.fs.exists(self.preview_path(record.shard)):
                 continue
-            with Image.open(io.BytesIO(self.fs.cat_file(self.preview_path(record["shard"])))) as preview:
-                row_height = (preview.height - PREVIEW_GAP) // record["preview_rows"]
+            with Image.open(io.BytesIO(self.fs.cat_file(self.preview_path(record.shard)))) as preview:
+                row_height = (preview.height - PREVIEW_GAP) // record.preview_rows
                 pieces.append(preview.convert("RGB").crop((0, 0, preview.width, PREVIEW_GAP + count * row_height)))
             taken += count
             if taken >= rows:
@@ -198,7 +199,7 @@ class OutputStore:
     def write_job(self, provenance: Mapping[str, Any]) -> None:
         self._write_json(self.job_path, dict(provenance))
 
-    def committed(self) -> dict[str, dict]:
+    def committed(self) -> dict[str, ShardStats]:
         """Stats of every committed shard, by shard name."""
         folder = join(self.root, "_stats")
         self.fs.invalidate_cache(folder)  # a long-lived process's cached listing predates later commits
@@ -207,8 +208,8 @@ class OutputStore:
         stats = {}
         for path in sorted(self.fs.ls(folder, detail=False)):
             if path.endswith(".json"):
-                record = self._read_json(path)
-                stats[record["shard"]] = record
+                record = ShardStats.from_json(self._read_json(path))
+                stats[record.shard] = record
         return stats
 
     def read_latents(self, shard: str) -> pa.Table:
@@ -223,21 +224,21 @@ class OutputStore:
             table = pq.read_table(f)
         return list(zip(*(table.column(name).to_pylist() for name in REJECT_SCHEMA.names)))
 
-    def committed_stats(self, shard: str) -> dict:
-        return self._read_json(self.stats_path(shard))
+    def committed_stats(self, shard: str) -> ShardStats:
+        return ShardStats.from_json(self._read_json(self.stats_path(shard)))
 
     def uncommit(self, shard: str) -> None:
         self.fs.rm(self.stats_path(shard))
 
-    def owned_files(self, shard: str, stats: Mapping[str, Any] | None = None) -> list[str]:
+    def owned_files(self, shard: str, stats: ShardStats | None = None) -> list[str]:
         """Paths (under the root) of the files the job wrote for ``shard``: its ``_files`` record, or for a
         shard committed before such records existed, what its stats and rows name."""
         if self.fs.exists(self.files_path(shard)):
             return list(self._read_json(self.files_path(shard))["files"])
         if stats is None:
             return []
-        files = [stats["data_file"]] + ([stats["rejects_file"]] if stats.get("rejects_file") else [])
-        if stats.get("preview_rows"):
+        files = [stats.data_file] + ([stats.rejects_file] if stats.rejects_file else [])
+        if stats.preview_rows:
             files.append(f"_previews/{shard}.png")
         if self.fs.exists(self.data_path(shard)):
             with self.fs.open(self.data_path(shard), "rb") as f:
@@ -335,16 +336,17 @@ class OutputStore:
         started: float,
         inputs: Mapping[str, Any],
         retries: int = 0,
-        extra: Mapping[str, Any] | None = None,
         images: Mapping[str, bytes] | None = None,
         preview: bytes | None = None,
-    ) -> dict:
+        preview_rows: int | None = None,
+    ) -> ShardStats:
         """Write the shard's images, preview, rows and rejects, then its stats file, which commits it.
         Returns the stats.
 
         ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs. A record may have
         several rows (an edit with several strengths); ``written`` counts records, ``rows`` rows.
-        ``images`` (name under images/<shard>/ -> bytes) and ``preview`` (PNG) are the image jobs'.
+        ``images`` (name under images/<shard>/ -> bytes) and ``preview`` (PNG of ``preview_rows`` records)
+        are the image jobs'.
         """
         images = images or {}
         files = [f"{shard}.parquet", f"_rejects/{shard}.parquet"] + [f"images/{shard}/{name}" for name in images]
@@ -376,7 +378,7 @@ class OutputStore:
         elif self.fs.exists(self.rejects_path(shard)):
             self.fs.rm(self.rejects_path(shard))  # left by an earlier, uncommitted attempt
         written = len(set(table.column("key").to_pylist()))
-        stats = {
+        stats = ShardStats.from_json({
             "shard": shard,
             "records": written + len(rejects),
             "written": written,
@@ -386,14 +388,13 @@ class OutputStore:
             "data_file": f"{shard}.parquet",
             "rejects_file": rejects_file,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "retries": retries,
+            "preview_rows": preview_rows,
             **inputs,
-            **(extra or {}),
-        }
-        if retries:
-            stats["retries"] = retries
+        })
         if self.fence is not None:
             check_fence(self.fs, self.fence)  # a run whose lease was taken over commits nothing more
-        self._write_json(self.stats_path(shard), stats)
+        self._write_json(self.stats_path(shard), stats.to_json())
         return stats
 
     def retry_rejects(
@@ -404,7 +405,7 @@ class OutputStore:
         row_group_size: int,
         started: float,
         images: Mapping[str, bytes] | None = None,
-    ) -> dict:
+    ) -> ShardStats:
         """Recommit a shard with the rows (and images) recovered by a retry of its rejects appended.
 
         The shard is uncommitted (its stats removed) before any of its files is replaced, so a crash part
@@ -425,23 +426,23 @@ class OutputStore:
                 still_rejected + untouched,
                 row_group_size,
                 started,
-                {k: previous[k] for k in ("inputs", "source", "key", "size", "version") if k in previous},
-                retries=previous.get("retries", 0) + 1,
-                extra={k: previous[k] for k in ("preview_rows",) if k in previous},
+                previous.read,
+                retries=previous.retries + 1,
                 images=images,
+                preview_rows=previous.preview_rows,
             )
         )
 
-    def write_manifest(self, provenance: Mapping[str, Any], stats: list[dict]) -> None:
+    def write_manifest(self, provenance: Mapping[str, Any], stats: list[ShardStats]) -> None:
         self._write_json(
             self.manifest_path,
             {
                 "provenance": dict(provenance),
                 "shards": len(stats),
-                "records": sum(s["records"] for s in stats),
-                "written": sum(s["written"] for s in stats),
-                "rejected": sum(s["rejected"] for s in stats),
-                "data_files": [s["data_file"] for s in stats],
-                "rejects_files": [s["rejects_file"] for s in stats if s["rejects_file"]],
+                "records": sum(s.records for s in stats),
+                "written": sum(s.written for s in stats),
+                "rejected": sum(s.rejected for s in stats),
+                "data_files": [s.data_file for s in stats],
+                "rejects_files": [s.rejects_file for s in stats if s.rejects_file],
             },
         )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from pipeline.core.payloads import Prepared, ShardStats
 from pipeline.core.shards import Shard
 from pipeline.core.store import OutputStore
 from pipeline.core.storage import with_retries
 
 
-def prepare_task(prepare: Callable, shard: Shard, retry_from: tuple | None) -> tuple[dict, Any]:
+def prepare_task(prepare: Callable, shard: Shard, retry_from: tuple | None) -> tuple[Prepared, Any]:
     """Prepare the shard, or with ``retry_from`` (an output store) only the records it rejected."""
     def step():
         only = frozenset(r[0] for r in OutputStore(*retry_from).read_rejects(shard.name)) if retry_from else None
@@ -25,6 +26,6 @@ def prepare_task(prepare: Callable, shard: Shard, retry_from: tuple | None) -> t
 
 
 def write_task(
-    write: Callable, store_args: tuple, shard: Shard, meta: dict, result: Any, started: float, retry: bool
-) -> dict:
+    write: Callable, store_args: tuple, shard: Shard, meta: Prepared, result: Any, started: float, retry: bool
+) -> ShardStats:
     return with_retries(lambda: write(OutputStore(*store_args), shard, meta, result, started, retry))

@@ -18,6 +18,7 @@ import numpy as np
 from engines import CheckpointError, checkpoint_sha256
 from pipeline.core.errors import PreflightError
 from pipeline.core.formats import input_format
+from pipeline.core.payloads import ShardStats
 from pipeline.core.job import JobKind
 from pipeline.core.shards import Shard, assign_shards
 from pipeline.core.store import LATENT_COLUMN, METADATA_KEY, OutputStore
@@ -73,7 +74,7 @@ def _quote(keys) -> str:
 
 
 def check_shard(
-    shard: Shard, spec: JobSpec, kind: JobKind, store: OutputStore, stats: dict | None, job: dict, gone: bool
+    shard: Shard, spec: JobSpec, kind: JobKind, store: OutputStore, stats: ShardStats | None, job: dict, gone: bool
 ) -> ShardCheck:
     """``gone``: a committed shard whose input is no longer listed; a gone file's keys cannot be read, so
     only the output's own consistency is checked."""
@@ -90,7 +91,7 @@ def check_shard(
         partial = " (a data file without stats: a run was interrupted)" if store.fs.exists(store.data_path(shard.name)) else ""
         check.problems.append(f"not committed{partial}: {len(expected)} input records missing; run the job again")
         return check
-    check.records = len(expected) if expected is not None else stats.get("records", 0)
+    check.records = len(expected) if expected is not None else stats.records
     try:
         table = store.read_latents(shard.name)
         rejects = store.read_rejects(shard.name)
@@ -150,9 +151,9 @@ def check_shard(
     ):
         if keys:
             check.problems.append(f"{len(keys)} record(s) {label}: {_quote(keys)}")
-    if (stats.get("written"), stats.get("rejected")) != (len(written), len(rejected)):
+    if (stats.written, stats.rejected) != (len(written), len(rejected)):
         check.problems.append(
-            f"stats say {stats.get('written')} written and {stats.get('rejected')} rejected, "
+            f"stats say {stats.written} written and {stats.rejected} rejected, "
             f"the files hold {len(written)} and {len(rejected)}"
         )
     return check

@@ -47,7 +47,7 @@ class EditJob(JobKind):
         committed = latents.committed()
         if job is None or not committed:
             raise PreflightError(f"input.latents: {spec.input.latents} holds no committed invert_dataset output")
-        files = [latents.uri.rstrip("/") + "/" + stats["data_file"] for stats in committed.values()]
+        files = [latents.uri.rstrip("/") + "/" + stats.data_file for stats in committed.values()]
         return list_shards(files, "parquet", 1, spec.input.latents_storage_options)
 
     def check(self, spec: EditSpec, cfg, info, shards) -> Checked:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from pipeline.core.decode import read_and_decode
 from pipeline.core.image_formats import DEFAULT_FORMATS
-from pipeline.core.payloads import Prepared
+from pipeline.core.payloads import Prepared, ShardStats
 from pipeline.core.shards import Shard, shard_inputs
 from pipeline.core.store import OutputStore, latent_table
 
@@ -44,7 +44,7 @@ class WriteLatents:
     latent_dtype: str
     row_group_size: int
 
-    def __call__(self, store: OutputStore, shard: Shard, meta: Prepared, codes, started: float, retry: bool) -> dict:
+    def __call__(self, store: OutputStore, shard: Shard, meta: Prepared, codes, started: float, retry: bool) -> ShardStats:
         table = latent_table(
             meta.keys, meta.sources, codes, dict(self.provenance, shard=shard.name), self.latent_dtype
         )

@@ -188,7 +188,7 @@ def test_clear_finds_the_files_of_shards_committed_before_records_existed(tmp_pa
     store = OutputStore(str(out), {})
     table = image_rows(store, {"a": "a/b.png"})
     store.write_shard("shard-00000", table, [("c", "s", "e")], 10, time.time(), {"inputs": ["a", "c"]},
-                      images={"a/b.png": b"png"}, preview=b"p", extra={"preview_rows": 1})
+                      images={"a/b.png": b"png"}, preview=b"p", preview_rows=1)
     (out / "_files" / "shard-00000.json").unlink()  # as an older version left it
     (out / "images" / "other.png").write_bytes(b"user")
     store.clear()

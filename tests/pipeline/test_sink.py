@@ -31,7 +31,7 @@ def test_float16_latents_round_to_half(tmp_path):
 def test_a_shard_with_every_record_rejected_gets_an_empty_file(tmp_path):
     store = OutputStore(str(tmp_path), {})
     stats = write(store, n=0, rejects=[("bad.png", "file:///bad.png", "empty file (0 bytes)")])
-    assert (stats["records"], stats["written"], stats["rejected"]) == (1, 0, 1)
+    assert (stats.records, stats.written, stats.rejected) == (1, 0, 1)
     assert pq.read_table(tmp_path / "shard-00000.parquet").num_rows == 0
     rejects = pq.read_table(tmp_path / "_rejects" / "shard-00000.parquet").to_pylist()
     assert rejects == [{"key": "bad.png", "source": "file:///bad.png", "error": "empty file (0 bytes)"}]
@@ -51,7 +51,7 @@ def test_stats_are_written_last_and_commit_the_shard(tmp_path, monkeypatch):
     assert not list((tmp_path / "_tmp").glob("*"))  # the partial file was removed
     monkeypatch.undo()
     write(store)
-    assert store.committed()["shard-00000"]["written"] == 3
+    assert store.committed()["shard-00000"].written == 3
 
 
 def test_a_retry_without_rejects_removes_the_stale_rejects_file(tmp_path):
@@ -59,14 +59,32 @@ def test_a_retry_without_rejects_removes_the_stale_rejects_file(tmp_path):
     write(store, rejects=[("x", "file:///x", "cannot decode image")])
     assert (tmp_path / "_rejects" / "shard-00000.parquet").exists()
     stats = write(store)
-    assert stats["rejects_file"] is None and not (tmp_path / "_rejects" / "shard-00000.parquet").exists()
+    assert stats.rejects_file is None and not (tmp_path / "_rejects" / "shard-00000.parquet").exists()
 
 
 def test_clear_removes_the_jobs_files_only(tmp_path):
     store = OutputStore(str(tmp_path), {})
     write(store)
     store.write_job(PROVENANCE)
-    store.write_manifest(PROVENANCE, [json.loads((tmp_path / "_stats" / "shard-00000.json").read_text())])
+    store.write_manifest(PROVENANCE, [store.committed_stats("shard-00000")])
     (tmp_path / "README.txt").write_text("the user's own file")
     store.clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.txt"]
+
+
+def test_stats_round_trip_and_stats_of_older_versions_still_read():
+    from pipeline.core.payloads import ShardStats
+
+    images = ShardStats("shard-00002", 3, 2, 1, "shard-00002.parquet", "_rejects/shard-00002.parquet", rows=4,
+                        seconds=1.5, committed_at="2026-11-27T00:00:00Z", inputs=("a.png", "b.png", "c.png"),
+                        preview_rows=2, retries=1)
+    assert ShardStats.from_json(json.loads(json.dumps(images.to_json()))) == images
+    assert images.read == {"inputs": ("a.png", "b.png", "c.png")}
+    # A WebDataset shard committed before stats had keys, rows or previews (the fields a later version added).
+    old = {"shard": "shard-00000", "records": 5, "written": 5, "rejected": 0, "seconds": 0.2,
+           "data_file": "shard-00000.parquet", "rejects_file": None, "source": "s3://b/x.tar", "size": 10,
+           "version": "e1", "some_future_field": 1}
+    stats = ShardStats.from_json(old)
+    assert (stats.key, stats.rows, stats.preview_rows, stats.retries) == (None, 0, None, 0)
+    assert stats.read == {"source": "s3://b/x.tar", "size": 10, "version": "e1"}
+    assert "retries" not in stats.to_json() and "inputs" not in stats.to_json()

@@ -138,8 +138,8 @@ def test_retry_rejects_recovers_fixed_files_and_touches_nothing_else(inverted, t
     assert sorted(rejects) == ["bad/big.png", "bad/corrupt.png", "bad/grey.png", "bad/rgba.png"]
     np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
     stats = OutputStore(str(out), {}).committed()
-    assert (stats["shard-00003"]["written"], stats["shard-00003"]["rejected"], stats["shard-00003"]["retries"]) == (1, 3, 1)
-    assert "retries" not in stats["shard-00001"]
+    assert (stats["shard-00003"].written, stats["shard-00003"].rejected, stats["shard-00003"].retries) == (1, 3, 1)
+    assert "retries" not in json.loads((out / "_stats" / "shard-00001.json").read_text())
     assert json.loads((out / "_manifest.json").read_text())["written"] == 13
     assert verify_output(spec, INVERSION).ok
 
