@@ -10,7 +10,11 @@ sides read the same files, decode them, convert them and invert them at the same
 - pipeline: ``run_plan`` on a local Ray (decode tasks with half a CPU reserved, one inference actor with
   the rest and as many torch threads as the bare loop, write tasks committing Parquet). "end to end"
   counts from the call to the last commit, including the actor's start and model load; "steady state"
-  counts the records committed after the first shard over the time from the first commit to the last.
+  counts the records committed after the first shard over the time from the first commit to the last;
+  "first commit" is the report's time from the start of the run to its first committed shard;
+- the pipeline's own ceiling: the same run with the model step replaced by one that returns zero codes
+  without running the model (a benchmark-only stand-in, never a job): what decode, transfer and write
+  move on this machine's cores.
 
 The bare loop's model load is outside its timed part. It runs before and after the pipeline and the
 mean of the two is the reference, so drift on a shared machine does not favour either side.
@@ -42,7 +46,8 @@ from pipeline.core.decode import decode_image  # noqa: E402
 from pipeline.core.cluster import start_ray  # noqa: E402
 from pipeline.core.preflight import plan_job  # noqa: E402
 from pipeline.core.schedule import run_plan  # noqa: E402
-from pipeline.inversion.job import INVERSION  # noqa: E402
+from pipeline.core.job import Work  # noqa: E402
+from pipeline.inversion.job import INVERSION, InversionJob  # noqa: E402
 from pipeline.inversion.spec import InversionSpec  # noqa: E402
 
 
@@ -63,6 +68,15 @@ def make_inputs(work: Path, count: int, stages: int) -> tuple[Path, Path]:
     return checkpoint, folder
 
 
+def decode_loop(folder: Path) -> float:
+    """records/s of reading and decoding the images in one process, no model: what the ceiling is held to."""
+    files = sorted(folder.glob("*.png"))
+    start = time.perf_counter()
+    for f in files:
+        decode_image(f.read_bytes(), 256, False, False)
+    return len(files) / (time.perf_counter() - start)
+
+
 def bare_loop(checkpoint: Path, folder: Path, stages: int, batch: int) -> float:
     inverter = load_inverter(str(checkpoint), stages=stages)
     files = sorted(folder.glob("*.png"))
@@ -73,7 +87,22 @@ def bare_loop(checkpoint: Path, folder: Path, stages: int, batch: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path) -> tuple[float, float]:
+class NoWorkInversion(InversionJob):
+    """Benchmark-only stand-in: the inversion job with a model step that does no work."""
+
+    def work(self, plan):
+        work = super().work(plan)
+        return Work(work.prepare, no_model, work.write)
+
+
+def no_model(engine, images: np.ndarray, batch_size: int) -> np.ndarray:
+    cfg = engine.config
+    return np.zeros((len(images), cfg.num_ws, cfg.style_dim), np.float32)
+
+
+def pipeline(
+    checkpoint: Path, folder: Path, stages: int, batch: int, work: Path, kind=INVERSION
+) -> tuple[float, float, float]:
     out = work / "pipeline-out"
     shutil.rmtree(out, ignore_errors=True)
     cpus = os.cpu_count() or 1
@@ -86,7 +115,7 @@ def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path
         }
     )
     start_ray(None)
-    plan = plan_job(spec, INVERSION)
+    plan = plan_job(spec, kind)
     commits: list[tuple[float, int]] = []
     start = time.perf_counter()
     report = run_plan(plan, progress=lambda stats: commits.append((time.perf_counter(), stats.written)))
@@ -94,7 +123,7 @@ def pipeline(checkpoint: Path, folder: Path, stages: int, batch: int, work: Path
     assert report.written == len(list(folder.glob("*.png"))), report.summary()
     (first, _), (last, _) = commits[0], commits[-1]
     steady = sum(n for _, n in commits[1:]) / (last - first)
-    return end_to_end, steady
+    return end_to_end, steady, report.first_commit_seconds
 
 
 def main() -> None:
@@ -108,15 +137,24 @@ def main() -> None:
     checkpoint, folder = make_inputs(args.work, args.images, args.stages)
     torch.set_num_threads(os.cpu_count() or 1)
     before = bare_loop(checkpoint, folder, args.stages, args.batch)
-    end_to_end, steady = pipeline(checkpoint, folder, args.stages, args.batch, args.work)
+    end_to_end, steady, first_commit = pipeline(checkpoint, folder, args.stages, args.batch, args.work)
+    ceiling_end_to_end, ceiling, _ = pipeline(
+        checkpoint, folder, args.stages, args.batch, args.work, kind=NoWorkInversion()
+    )
     after = bare_loop(checkpoint, folder, args.stages, args.batch)
     bare = (before + after) / 2
+    decoding = decode_loop(folder)
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, {args.images} images, {args.stages} stage(s), batch {args.batch}")
     print("| path | records/s | relative to the bare loop |")
     print("|---|---|---|")
     print(f"| bare load_inverter loop (read, decode, invert; mean of {before:.3f} before and {after:.3f} after) | {bare:.3f} | 1.00 |")
     print(f"| pipeline, steady state (decode tasks, 1 actor, Parquet commit) | {steady:.3f} | {steady / bare:.2f} |")
     print(f"| pipeline, end to end (with actor start and model load) | {end_to_end:.3f} | {end_to_end / bare:.2f} |")
+    print(f"| plain decode loop, one process (read + decode, no model) | {decoding:.3f} | {decoding / bare:.2f} |")
+    print(f"| pipeline ceiling, steady state (benchmark-only model step that does no work) | {ceiling:.3f} | "
+          f"{ceiling / bare:.2f} ({ceiling / decoding:.2f} of the decode loop) |")
+    print(f"| pipeline ceiling, end to end | {ceiling_end_to_end:.3f} | {ceiling_end_to_end / bare:.2f} |")
+    print(f"# first shard committed {first_commit:.1f} s after the run started (engine build, actor start and load included)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import numbers
 import pickle
 import re
@@ -44,10 +45,16 @@ class CheckpointInfo:
     opts: Mapping[str, Any]  # the training options stored in the file ({} if none)
 
 
-def read_checkpoint(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Unpickle a torch file from any fsspec URL onto the CPU, tensors and primitives only."""
+def read_checkpoint(uri: str, storage_options: Mapping[str, Any] | None = None, digest=None) -> Any:
+    """Unpickle a torch file from any fsspec URL onto the CPU, tensors and primitives only. With ``digest``
+    (a hashlib object) the file's bytes also go through it: one read for both (holding the bytes while
+    they are unpickled), where hashing apart would fetch the file twice."""
     try:
         with fsspec.open(uri, "rb", **dict(storage_options or {})) as f:
+            if digest is not None:
+                data = f.read()
+                digest.update(data)
+                f = io.BytesIO(data)
             # argparse.Namespace is a plain attribute bag; rosinality training files store one as 'args'.
             with torch.serialization.safe_globals([argparse.Namespace]):
                 return torch.load(f, map_location="cpu", weights_only=True)
@@ -192,13 +199,15 @@ def load_e2style(
     stages: int | None = None,
     config: E2StyleConfig | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    digest=None,
 ) -> tuple[E2Style, CheckpointInfo]:
     """An official-format E2Style file -> (model on the CPU in eval mode with ``stages`` stages, info).
 
     ``stages`` defaults to every stage the file holds. ``config`` overrides architecture recognition;
-    its ``stages``, ``input_channels`` and ``start_from_latent_avg`` are taken from the file.
+    its ``stages``, ``input_channels`` and ``start_from_latent_avg`` are taken from the file. ``digest``
+    (a hashlib object) also hashes the file's bytes in the same read.
     """
-    ckpt = read_checkpoint(uri, storage_options)
+    ckpt = read_checkpoint(uri, storage_options, digest)
     _require_kind(ckpt, uri, (E2STYLE,))
     opts = ckpt.get("opts") or {}
     if not isinstance(opts, Mapping):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -51,8 +52,10 @@ def read_and_decode(
     key_column: str | None = None,
     only: frozenset[str] | None = None,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
+    threads: int = 1,
 ) -> DecodedShard:
-    """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects)."""
+    """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects),
+    ``threads`` images at a time (Pillow's codecs and resampling release the GIL)."""
     out = DecodedShard()
     images = []
     if only is not None:
@@ -62,17 +65,30 @@ def read_and_decode(
         if shard.records or shard.source
         else ()
     )
-    for key, source, blob in records:
-        if only is not None and key not in only:
-            continue
+    wanted = (r for r in records if only is None or r[0] in only)
+
+    def decode(record: tuple[str, str, Blob]) -> np.ndarray | str:
+        _, _, blob = record
+        if isinstance(blob, BaseException):
+            return str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}"
         try:
-            if isinstance(blob, BaseException):
-                why = str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}"
-                raise ValueError(why)
-            images.append(decode_image(blob, size, resize, convert_to_rgb, formats))
+            return decode_image(blob, size, resize, convert_to_rgb, formats)
         except ValueError as e:
-            out.rejects.append((key, source, str(e)))
+            return str(e)
+
+    def results():
+        if threads <= 1:
+            yield from ((r, decode(r)) for r in wanted)
+            return
+        with ThreadPoolExecutor(threads) as pool:  # map keeps the records' order
+            listed = list(wanted)
+            yield from zip(listed, pool.map(decode, listed))
+
+    for (key, source, _), image in results():
+        if isinstance(image, str):
+            out.rejects.append((key, source, image))
             continue
+        images.append(image)
         out.keys.append(key)
         out.sources.append(source)
     out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
@@ -89,3 +105,21 @@ def read_records(
     """(key, source, bytes or error) for every record of a shard, in order. A WebDataset sample's image is
     its first member with one of ``image_extensions``."""
     return input_format(shard.format).read(shard, storage_options, image_column, key_column, image_extensions)
+
+
+def decode_shard(
+    shard: Shard, size: int, input_spec: Mapping[str, Any], only: frozenset[str] | None, resize: bool | None = None
+) -> DecodedShard:
+    """``read_and_decode`` with the input section's settings (``pipeline.core.job.input_args``)."""
+    return read_and_decode(
+        shard,
+        size,
+        input_spec["resize"] if resize is None else resize,
+        input_spec["convert_to_rgb"],
+        input_spec["storage_options"],
+        input_spec["image_column"],
+        input_spec["key_column"],
+        only,
+        tuple(input_spec.get("formats", DEFAULT_FORMATS)),
+        input_spec.get("decode_threads", 1),
+    )

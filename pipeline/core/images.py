@@ -13,16 +13,14 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.core.decode import read_and_decode
-from pipeline.core.image_formats import DEFAULT_FORMATS
 from pipeline.core.job import Plan
-from pipeline.core.payloads import ModelResult, Prepared, ShardStats
+from pipeline.core.payloads import ModelResult, Prepared, Provenance, ShardStats
 from pipeline.core.shards import IMAGE_EXTENSIONS, Shard, shard_inputs
 from pipeline.core.store import PREVIEW_GAP, PREVIEW_TILE, OutputStore, manifest_table
 
@@ -71,20 +69,6 @@ def unwritable_names(
     return problems
 
 
-def decode_shard(shard: Shard, size: int, input_spec: Mapping[str, Any], only, resize: bool | None = None):
-    return read_and_decode(
-        shard,
-        size,
-        input_spec["resize"] if resize is None else resize,
-        input_spec["convert_to_rgb"],
-        input_spec["storage_options"],
-        input_spec["image_column"],
-        input_spec["key_column"],
-        only,
-        tuple(input_spec.get("formats", DEFAULT_FORMATS)),
-    )
-
-
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
@@ -113,7 +97,7 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], tile: int = PREVIEW_TILE
 class WriteImages:
     """Commit a shard of an application job: its images, its manifest rows, its preview, then its stats."""
 
-    provenance: Mapping[str, Any]
+    provenance: Provenance
     task: str
     latent_dtype: str
     row_group_size: int
@@ -148,7 +132,7 @@ class WriteImages:
             [keys[r] for r, _, _ in rows],
             [sources[r] for r, _, _ in rows],
             result.codes[kept],
-            dict(self.provenance, shard=shard.name),
+            self.provenance.to_json(shard=shard.name),
             self.latent_dtype,
             columns,
         )

@@ -16,7 +16,7 @@ from pipeline.core.decode import read_records
 from pipeline.core.errors import PreflightError
 from pipeline.core.formats import input_format
 from pipeline.core.image_formats import extensions
-from pipeline.core.payloads import Prepared, ShardStats
+from pipeline.core.payloads import Prepared, Provenance, ShardStats
 from pipeline.core.shards import Shard, check_parquet_columns, check_unique_keys, list_shards
 from pipeline.core.spec import JobSpec
 from pipeline.core.store import OutputStore
@@ -89,7 +89,7 @@ class Plan:
     spec: JobSpec
     shards: list[Shard]
     committed: dict[str, ShardStats]
-    provenance: dict[str, Any]
+    provenance: Provenance
     store: OutputStore
     kind: JobKind
     found: Any = None  # what the kind's checks found for its work
@@ -97,7 +97,6 @@ class Plan:
     gone: list[str] = dataclasses.field(default_factory=list)  # committed shards whose input is no longer listed
     overwrite: bool = False  # replace the output (after the engine passed its gate)
     listing: list[Shard] = dataclasses.field(default_factory=list)  # the input as listed, before assignment
-    matched: tuple[str, ...] = ()  # provenance fields a resumed output must match
 
     @property
     def todo(self) -> list[Shard]:
@@ -135,10 +134,12 @@ def check_task(spec, info, task: str) -> None:
 
 
 def input_args(spec) -> dict:
-    """The input section's decoding settings, as the CPU steps take them (plain values, cheap to pickle)."""
-    return spec.input.model_dump(
+    """The input section's decoding settings, as the CPU steps take them (plain values, cheap to pickle),
+    with as many decoding threads as the decode task reserves CPUs."""
+    args = spec.input.model_dump(
         include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column", "formats"}
     )
+    return {**args, "decode_threads": max(1, round(spec.resources.decode_cpus))}
 
 
 JOBS: dict[str, JobKind] = {}

@@ -90,3 +90,38 @@ class ShardStats:
     def read(self) -> dict[str, Any]:
         """What the shard read (``InputFormat.recorded``), as it was recorded."""
         return {k: getattr(self, k) for k in READ_FIELDS if getattr(self, k) is not None}
+
+
+MATCHED = ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype")  # what a resumed output must share
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an output was made from: written to ``_job.json``, the manifest and every data file's metadata.
+    A later run adds to the output only if it agrees on ``matched``."""
+
+    job: str
+    checkpoint: str  # redacted
+    checkpoint_sha256: str
+    stages: int
+    task: str | None  # the checkpoint's official dataset_type
+    image_size: int
+    num_ws: int
+    style_dim: int
+    engine: str
+    precision: str
+    latent_dtype: str
+    package_version: str
+    spec_sha256: str
+    job_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the job's own (edit, restoration, ...)
+    accuracy_gate: str | None = None  # the verdict of the engine's gate, when it was gated
+
+    @property
+    def matched(self) -> tuple[str, ...]:
+        return (*MATCHED, *self.job_fields)
+
+    def to_json(self, **more: Any) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "job_fields"}
+        if record["accuracy_gate"] is None:
+            del record["accuracy_gate"]
+        return {**record, **self.job_fields, **more}

@@ -4,13 +4,15 @@ overlaps refused. Raises PreflightError naming the spec field; writes nothing.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
-from engines import CheckpointError, checkpoint_sha256, load_e2style
+from engines import CheckpointError, load_e2style
 from engines.engine import EngineOptions
 from engines.gate import GateThresholds
 from pipeline.core.errors import PreflightError, reason
 from pipeline.core.job import JobKind, Plan
+from pipeline.core.payloads import Provenance
 from pipeline.core.secrets import redact_uri
 from pipeline.core.shards import InputError, assign_shards
 from pipeline.core.spec import JobSpec
@@ -36,8 +38,11 @@ def plan_job(
     except Exception as e:  # unreachable endpoints and missing credentials raise outside OSError too
         raise PreflightError(f"input.uri: {reason(e)}") from e
     try:
-        model, info = load_e2style(spec.model.checkpoint, spec.model.stages, storage_options=spec.model.storage_options)
-        sha = checkpoint_sha256(spec.model.checkpoint, spec.model.storage_options)
+        digest = hashlib.sha256()  # one read of the file gives the model and its hash
+        model, info = load_e2style(
+            spec.model.checkpoint, spec.model.stages, storage_options=spec.model.storage_options, digest=digest
+        )
+        sha = digest.hexdigest()
     except CheckpointError as e:
         raise PreflightError(f"model.checkpoint: {e}") from e
     except Exception as e:
@@ -45,22 +50,22 @@ def plan_job(
     cfg = model.config
     del model
     checked = kind.check(spec, cfg, info, listing)
-    provenance = {
-        "job": kind.name,
-        "checkpoint": redact_uri(spec.model.checkpoint),
-        "checkpoint_sha256": sha,
-        "stages": cfg.stages,
-        "task": info.task,
-        "image_size": cfg.image_size,
-        "num_ws": cfg.num_ws,
-        "style_dim": cfg.style_dim,
-        "engine": engine_options(spec).name,
-        "precision": spec.engine.precision,
-        "latent_dtype": spec.output.latent_dtype,
-        "package_version": PACKAGE_VERSION,
-        "spec_sha256": spec.output_fingerprint(),
-        **checked.provenance,
-    }
+    provenance = Provenance(
+        job=kind.name,
+        checkpoint=redact_uri(spec.model.checkpoint),
+        checkpoint_sha256=sha,
+        stages=cfg.stages,
+        task=info.task,
+        image_size=cfg.image_size,
+        num_ws=cfg.num_ws,
+        style_dim=cfg.style_dim,
+        engine=engine_options(spec).name,
+        precision=spec.engine.precision,
+        latent_dtype=spec.output.latent_dtype,
+        package_version=PACKAGE_VERSION,
+        spec_sha256=spec.output_fingerprint(),
+        job_fields=checked.provenance,
+    )
     try:
         store = OutputStore(spec.output.uri, spec.output.storage_options)
         _check_reachable(store)
@@ -68,7 +73,6 @@ def plan_job(
         raise PreflightError(f"output.uri: cannot use {redact_uri(spec.output.uri)}: {reason(e)}") from e
     plan = Plan(
         spec, [], {}, provenance, store, kind, checked.found, retry_rejects=retry_rejects, overwrite=overwrite, listing=listing,
-        matched=("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype", *checked.provenance),
     )
     return inspect_output(plan)
 
@@ -76,14 +80,14 @@ def plan_job(
 def inspect_output(plan: Plan) -> Plan:
     """The plan with the output as it is now: its committed shards, and the shards of this run. Refuses
     output of another job or spec, and paths the run would write that hold files it did not write."""
-    spec, store, provenance = plan.spec, plan.store, plan.provenance
+    spec, store, provenance = plan.spec, plan.store, plan.provenance.to_json()
     try:
         previous = None if plan.overwrite else store.read_job()
         committed = store.committed()
     except Exception as e:
         raise PreflightError(f"output.uri: cannot use {redact_uri(spec.output.uri)}: {reason(e)}") from e
     if previous is not None:
-        for field_name in plan.matched:
+        for field_name in plan.provenance.matched:
             if field_name == "job" and "job" not in previous:  # written before jobs other than inversion
                 continue
             if previous.get(field_name) != provenance[field_name]:

@@ -28,6 +28,7 @@ class JobReport:
     verb: str = "inverted"
     contact_sheet: str | None = None
     cluster: str = ""  # the Ray it ran on
+    first_commit_seconds: float | None = None  # from the start of the run (engine build included) to its first commit
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -35,7 +36,8 @@ class JobReport:
             f"{'succeeded' if self.succeeded else 'FAILED'}: {self.written} of {self.records} records {self.verb}, "
             f"{self.rejected} rejected ({self.failure_rate:.2%}), {self.shards} shards "
             f"({self.shards_skipped} already committed)",
-            f"time {self.seconds:.1f} s, {rate:.1f} records/s this run",
+            f"time {self.seconds:.1f} s, {rate:.1f} records/s this run"
+            + (f", first shard committed after {self.first_commit_seconds:.1f} s" if self.first_commit_seconds else ""),
             f"output: {self.output}",
         ]
         if self.retried:

@@ -32,7 +32,7 @@ from pipeline.core.cluster import start_ray
 from pipeline.core.errors import JobFailed, PreflightError, reason
 from pipeline.core.job import JobKind, Plan
 from pipeline.core.lock import LockHeld, RunLock
-from pipeline.core.payloads import ShardStats
+from pipeline.core.payloads import Provenance, ShardStats
 from pipeline.core.preflight import engine_options, inspect_output, plan_job
 from pipeline.core.report import JobReport, ProgressBar
 from pipeline.core.secrets import redact_text, redact_uri
@@ -64,18 +64,21 @@ def _check_cluster_fits(res) -> None:
         )
 
 
-def _prepare(factory: InverterFactory, res, provenance: dict) -> InverterFactory:
-    """Build and gate the engine once, on a worker shaped like the actors, before any actor starts."""
+def _prepare(factory: InverterFactory, res, provenance: Provenance) -> tuple[InverterFactory, Provenance]:
+    """Build and gate the engine once, on a worker shaped like the actors, before any actor starts: the
+    factory of the engine that passed and the provenance naming it."""
     options = factory.engine
     if options.is_reference and not options.pick_batch:
-        return factory
+        return factory, provenance
     task = ray.remote(prepare_engine).options(num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor)
     result = ray.get(task.remote(factory))
     if result.error:
         raise PreflightError(f"engine: {result.error}")
     options = result.options
-    provenance.update(engine=options.name, precision=options.precision, accuracy_gate=result.report)
-    return dataclasses.replace(factory, engine=options)
+    provenance = dataclasses.replace(
+        provenance, engine=options.name, precision=options.precision, accuracy_gate=result.report
+    )
+    return dataclasses.replace(factory, engine=options), provenance
 
 
 def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, lock: RunLock | None = None) -> JobReport:
@@ -92,23 +95,27 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
         options = engine_options(spec)
         factory = InverterFactory(
             checkpoint=spec.model.checkpoint,
-            stages=plan.provenance["stages"],
+            stages=plan.provenance.stages,
             device="cuda" if use_gpu else "cpu",
             threads=math.ceil(res.num_cpus_per_actor),
             storage_options=dict(spec.model.storage_options),
             engine=options,
         )
-        factory = _prepare(factory, res, plan.provenance)
+        factory, provenance = _prepare(factory, res, plan.provenance)
+        plan = dataclasses.replace(plan, provenance=provenance)
         # A batch the engine picked on its GPU is also what each model call gets.
         call_batch = factory.engine.max_batch if options.pick_batch else res.batch_size
     if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
         plan.store.clear()
-    plan.store.write_job(plan.provenance)
+    plan.store.write_job(plan.provenance.to_json())
     plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
     stats = dict(plan.committed)
+    first_commit = None
     if todo:
         for shard_stats in _run_shards(plan, todo, factory, call_batch, lock):
             stats[shard_stats.shard] = shard_stats
+            if first_commit is None:
+                first_commit = time.time() - started
             if progress:
                 progress(shard_stats)
 
@@ -126,7 +133,7 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
         ordered = [stats[s.name] for s in plan.shards]
         if plan.kind.contact_sheet and spec.output.contact_sheet_rows:
             sheet = plan.store.write_contact_sheet(ordered, spec.output.contact_sheet_rows)
-        plan.store.write_manifest(plan.provenance, ordered)
+        plan.store.write_manifest(plan.provenance.to_json(), ordered)
     return JobReport(
         output=redact_uri(spec.output.uri),
         shards=len(plan.shards),
@@ -143,6 +150,7 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
         gone=len(plan.gone),
         verb=plan.kind.verb,
         contact_sheet=sheet,
+        first_commit_seconds=first_commit,
     )
 
 

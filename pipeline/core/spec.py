@@ -111,7 +111,8 @@ class ResourcesSpec(_Strict):
     )
     batch_size: int = Field(32, ge=1, le=65_536, description="Images per model call.")
     decode_cpus: float = Field(
-        1.0, ge=RAY_RESOURCE_UNIT, le=MAX_CPUS, description="CPUs reserved by each shard-decoding task."
+        1.0, ge=RAY_RESOURCE_UNIT, le=MAX_CPUS,
+        description="CPUs reserved by each shard-decoding task; it decodes that many images at a time (at least one).",
     )
     shards_in_flight: int = Field(
         0,

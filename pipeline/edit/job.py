@@ -117,7 +117,7 @@ class EditJob(JobKind):
         prepare = PrepareEdit(
             edit=edit,
             from_latents=spec.input.latents is not None,
-            size=plan.provenance["image_size"],
+            size=plan.provenance.image_size,
             input_spec={**input_args(spec), "latents_storage_options": dict(spec.input.latents_storage_options)},
             partners=found.partners,
             preview_rows=spec.output.contact_sheet_rows,

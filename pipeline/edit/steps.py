@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from operators.edits import paste_center
-from pipeline.core.images import decode_shard
+from pipeline.core.decode import decode_shard
 from pipeline.core.payloads import Prepared
 from pipeline.core.shards import Shard
 from pipeline.core.storage import filesystem

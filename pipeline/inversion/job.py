@@ -27,7 +27,7 @@ class InversionJob(JobKind):
     def work(self, plan: Plan) -> Work:
         spec = plan.spec
         return Work(
-            prepare=DecodeImages(plan.provenance["image_size"], input_args(spec)),
+            prepare=DecodeImages(plan.provenance.image_size, input_args(spec)),
             model=invert_images,
             write=WriteLatents(plan.provenance, spec.output.latent_dtype, spec.output.row_group_size),
         )

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pipeline.core.decode import read_and_decode
-from pipeline.core.image_formats import DEFAULT_FORMATS
-from pipeline.core.payloads import Prepared, ShardStats
+from pipeline.core.decode import decode_shard
+from pipeline.core.payloads import Prepared, Provenance, ShardStats
 from pipeline.core.shards import Shard, shard_inputs
 from pipeline.core.store import OutputStore, latent_table
 
@@ -21,18 +20,7 @@ class DecodeImages:
     input_spec: Mapping[str, Any]
 
     def __call__(self, shard: Shard, only: frozenset | None) -> tuple[Prepared, Any]:
-        spec = self.input_spec
-        decoded = read_and_decode(
-            shard,
-            self.size,
-            spec["resize"],
-            spec["convert_to_rgb"],
-            spec["storage_options"],
-            spec["image_column"],
-            spec["key_column"],
-            only,
-            tuple(spec.get("formats", DEFAULT_FORMATS)),
-        )
+        decoded = decode_shard(shard, self.size, self.input_spec, only)
         return Prepared(decoded.keys, decoded.sources, decoded.rejects), decoded.images
 
 
@@ -40,13 +28,13 @@ class DecodeImages:
 class WriteLatents:
     """Commit a shard of W+ codes: the latents Parquet file, its rejects, then its stats."""
 
-    provenance: Mapping[str, Any]
+    provenance: Provenance
     latent_dtype: str
     row_group_size: int
 
     def __call__(self, store: OutputStore, shard: Shard, meta: Prepared, codes, started: float, retry: bool) -> ShardStats:
         table = latent_table(
-            meta.keys, meta.sources, codes, dict(self.provenance, shard=shard.name), self.latent_dtype
+            meta.keys, meta.sources, codes, self.provenance.to_json(shard=shard.name), self.latent_dtype
         )
         if retry:
             return store.retry_rejects(shard.name, table, meta.rejects, self.row_group_size, started)

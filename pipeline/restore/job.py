@@ -31,7 +31,7 @@ class RestoreJob(JobKind):
         spec: RestoreSpec = plan.spec
         task = spec.task
         prepare = PrepareRestore(
-            plan.provenance["image_size"], input_args(spec), task.name, task.evaluate, task.seed,
+            plan.provenance.image_size, input_args(spec), task.name, task.evaluate, task.seed,
             task.degradation(), spec.output.contact_sheet_rows,
         )
         return Work(prepare, RestoreModel(task.evaluate), image_writer(plan, task.name))

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.core.images import decode_shard
+from pipeline.core.decode import decode_shard
 from pipeline.core.payloads import Prepared
 from pipeline.core.shards import Shard
 from pipeline.restore.tasks import degrade, restoration_task

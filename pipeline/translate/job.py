@@ -31,7 +31,7 @@ class TranslateJob(JobKind):
         spec: TranslateSpec = plan.spec
         task = spec.task.name
         prepare = PrepareTranslate(
-            plan.provenance["image_size"], input_args(spec), task, spec.output.contact_sheet_rows
+            plan.provenance.image_size, input_args(spec), task, spec.output.contact_sheet_rows
         )
         return Work(prepare, translate, image_writer(plan, task))
 

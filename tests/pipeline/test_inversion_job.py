@@ -62,6 +62,8 @@ def test_end_to_end_with_bad_records(ray_local, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     report = run_inversion(make_spec(str(folder), tiny_checkpoint, str(out)), show_progress=False)
     assert (report.records, report.written, report.rejected, report.shards, report.succeeded) == (17, 11, 6, 5, True)
+    assert 0 < report.first_commit_seconds <= report.seconds
+    assert f", first shard committed after {report.first_commit_seconds:.1f} s" in report.summary().splitlines()[1]
 
     keys, sources, codes, rejects = read_output(str(out))
     assert keys == good  # every good record exactly once, in order
@@ -363,3 +365,19 @@ def test_a_failed_step_is_named_and_the_actors_are_ended(ray_local, tiny_checkpo
     while not everything_ended() and time.time() < deadline:
         time.sleep(0.2)
     assert everything_ended()
+
+
+def test_preflight_reads_the_checkpoint_once_for_the_model_and_its_hash(tiny_checkpoint, tmp_path, monkeypatch):
+    import fsspec
+
+    import engines.checkpoints as checkpoints
+    from engines import checkpoint_sha256
+
+    folder = tmp_path / "in"
+    make_image_folder(folder, good=2)
+    opened = []
+    real_open = fsspec.open
+    monkeypatch.setattr(checkpoints.fsspec, "open", lambda uri, *a, **k: opened.append(uri) or real_open(uri, *a, **k))
+    plan = plan_job(make_spec(str(folder), tiny_checkpoint, str(tmp_path / "out")), INVERSION)
+    assert opened == [str(tiny_checkpoint)]
+    assert plan.provenance.checkpoint_sha256 == checkpoint_sha256(str(tiny_checkpoint))

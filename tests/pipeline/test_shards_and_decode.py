@@ -77,3 +77,18 @@ def test_a_file_deleted_after_listing_is_a_reject(tmp_path):
     decoded = read_and_decode(shard, 32, False, False, {})
     assert decoded.keys == ["a/img_000.png"]
     assert decoded.rejects[0][0] == "b/img_001.png" and "cannot read file" in decoded.rejects[0][2]
+
+
+def test_decoding_with_threads_gives_the_same_records_in_the_same_order(tmp_path):
+    from datasets import bad_images, make_image_folder
+
+    folder = tmp_path / "in"
+    make_image_folder(folder, good=9, bad=bad_images())
+    (shard,) = list_shards(str(folder), "images", 100, {})
+    one = read_and_decode(shard, 32, False, False, {})
+    four = read_and_decode(shard, 32, False, False, {}, threads=4)
+    assert (four.keys, four.sources, four.rejects) == (one.keys, one.sources, one.rejects)
+    assert len(one.keys) == 9 and len(one.rejects) == len(bad_images())
+    np.testing.assert_array_equal(four.images, one.images)
+    retry = read_and_decode(shard, 32, False, False, {}, only=frozenset(one.keys[2:4]), threads=4)
+    assert retry.keys == one.keys[2:4]

@@ -88,3 +88,16 @@ def test_stats_round_trip_and_stats_of_older_versions_still_read():
     assert (stats.key, stats.rows, stats.preview_rows, stats.retries) == (None, 0, None, 0)
     assert stats.read == {"source": "s3://b/x.tar", "size": 10, "version": "e1"}
     assert "retries" not in stats.to_json() and "inputs" not in stats.to_json()
+
+
+def test_provenance_flattens_the_jobs_own_fields_and_matches_on_them():
+    from pipeline.core.payloads import Provenance
+
+    provenance = Provenance(
+        "edit", "s3://m/e.pt", "ab" * 32, 2, "ffhq_encode", 256, 18, 512, "torch float32", "float32", "float16",
+        "0.1.0", "cd" * 32, job_fields={"edit": "direction", "direction_sha256": "ef" * 32},
+    )
+    record = provenance.to_json(shard="shard-00001")
+    assert record["edit"] == "direction" and record["shard"] == "shard-00001" and "job_fields" not in record
+    assert "accuracy_gate" not in record  # the reference engine is not gated
+    assert provenance.matched == ("job", "checkpoint_sha256", "stages", "spec_sha256", "latent_dtype", "edit", "direction_sha256")
