@@ -1,12 +1,15 @@
 """Records/s of the inversion pipeline against a bare load_inverter loop, same model, machine and images.
 
     python benchmarks/bench_pipeline.py [--images 128] [--stages 1] [--batch 8] [--work outputs/bench]
+                                        [--gpu] [--precision bfloat16]
 
 The model is the official-size E2Style (IR-SE50 encoder at 256 px, 1024 generator) with random weights,
 written once in the official file format under ``--work``. The images are seeded 256x256 PNGs. Both
 sides read the same files, decode them, convert them and invert them at the same batch size:
 
-- bare loop: one process, ``load_inverter`` then read + decode + invert, batch after batch;
+- engine alone: the engine's invert on a batch already on its device;
+- bare loop: one process, the same engine (``build_engine`` with the job's options, built before
+  timing) then read + decode + invert, batch after batch;
 - pipeline: ``run_plan`` on a local Ray (decode tasks with half a CPU reserved, one inference actor with
   the rest and as many torch threads as the bare loop, write tasks committing Parquet). "end to end"
   counts from the call to the last commit, including the actor's start and model load; "steady state"
@@ -38,13 +41,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines import load_inverter, official_checkpoint, write_checkpoint  # noqa: E402
+from engines import official_checkpoint, write_checkpoint  # noqa: E402
+from engines.batching import seconds_per_call  # noqa: E402
+from engines.engine import build_engine  # noqa: E402
+from engines.gate import gate_batch  # noqa: E402
 from operators.e2style import E2Style  # noqa: E402
-from operators.images import images_to_tensor  # noqa: E402
 from operators.presets import get_preset  # noqa: E402
 from pipeline.core.decode import decode_image  # noqa: E402
 from pipeline.core.cluster import start_ray  # noqa: E402
-from pipeline.core.preflight import plan_job  # noqa: E402
+from pipeline.core.model_steps import invert_images  # noqa: E402
+from pipeline.core.preflight import engine_options, plan_job  # noqa: E402
 from pipeline.core.schedule import run_plan  # noqa: E402
 from pipeline.core.job import Work  # noqa: E402
 from pipeline.inversion.job import INVERSION, InversionJob  # noqa: E402
@@ -77,13 +83,18 @@ def decode_loop(folder: Path) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def bare_loop(checkpoint: Path, folder: Path, stages: int, batch: int) -> float:
-    inverter = load_inverter(str(checkpoint), stages=stages)
+def engine_alone(engine, batch: int) -> float:
+    cfg = engine.config
+    x = gate_batch(batch, cfg.input_channels, cfg.image_size, seed=5).to(engine.device)
+    return batch / seconds_per_call(lambda: engine.invert(x), 5, engine.device)
+
+
+def bare_loop(inverter, folder: Path, batch: int) -> float:
     files = sorted(folder.glob("*.png"))
     start = time.perf_counter()
     for i in range(0, len(files), batch):
         images = np.stack([decode_image(f.read_bytes(), 256, False, False) for f in files[i : i + batch]])
-        inverter.invert(images_to_tensor(images))
+        invert_images(inverter, images, batch)
     return len(files) / (time.perf_counter() - start)
 
 
@@ -100,20 +111,28 @@ def no_model(engine, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.zeros((len(images), cfg.num_ws, cfg.style_dim), np.float32)
 
 
-def pipeline(
-    checkpoint: Path, folder: Path, stages: int, batch: int, work: Path, kind=INVERSION
-) -> tuple[float, float, float]:
-    out = work / "pipeline-out"
-    shutil.rmtree(out, ignore_errors=True)
+def job_spec(checkpoint: Path, folder: Path, out: Path, args) -> InversionSpec:
     cpus = os.cpu_count() or 1
-    spec = InversionSpec.model_validate(
+    if args.gpu:  # a GPU node: the actor keeps a few cores, decoding gets the rest in 2-CPU tasks
+        resources = {"num_actors": 1, "num_gpus_per_actor": 1, "num_cpus_per_actor": 4, "decode_cpus": 2,
+                     "shards_in_flight": max(4, (cpus - 4) // 2)}
+    else:
+        resources = {"num_actors": 1, "num_cpus_per_actor": cpus - 0.5, "decode_cpus": 0.5}
+    return InversionSpec.model_validate(
         {
-            "input": {"uri": str(folder), "shard_size": 4 * batch},
-            "model": {"checkpoint": str(checkpoint), "stages": stages},
+            "input": {"uri": str(folder), "shard_size": 4 * args.batch},
+            "model": {"checkpoint": str(checkpoint), "stages": args.stages},
             "output": {"uri": str(out)},
-            "resources": {"num_actors": 1, "num_cpus_per_actor": cpus - 0.5, "batch_size": batch, "decode_cpus": 0.5},
+            "resources": {**resources, "batch_size": args.batch},
+            "engine": {"precision": args.precision, "max_batch": args.batch},
         }
     )
+
+
+def pipeline(checkpoint: Path, folder: Path, args, kind=INVERSION) -> tuple[float, float, float]:
+    out = args.work / "pipeline-out"
+    shutil.rmtree(out, ignore_errors=True)
+    spec = job_spec(checkpoint, folder, out, args)
     start_ray(None)
     plan = plan_job(spec, kind)
     commits: list[tuple[float, int]] = []
@@ -122,7 +141,7 @@ def pipeline(
     end_to_end = report.written / (time.perf_counter() - start)
     assert report.written == len(list(folder.glob("*.png"))), report.summary()
     (first, _), (last, _) = commits[0], commits[-1]
-    steady = sum(n for _, n in commits[1:]) / (last - first)
+    steady = sum(n for _, n in commits[1:]) / (last - first) if last > first else float("nan")  # one shard: none
     return end_to_end, steady, report.first_commit_seconds
 
 
@@ -132,22 +151,29 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
+    parser.add_argument("--gpu", action="store_true", help="run the model on a CUDA GPU (actor and bare loop)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint, folder = make_inputs(args.work, args.images, args.stages)
     torch.set_num_threads(os.cpu_count() or 1)
-    before = bare_loop(checkpoint, folder, args.stages, args.batch)
-    end_to_end, steady, first_commit = pipeline(checkpoint, folder, args.stages, args.batch, args.work)
-    ceiling_end_to_end, ceiling, _ = pipeline(
-        checkpoint, folder, args.stages, args.batch, args.work, kind=NoWorkInversion()
-    )
-    after = bare_loop(checkpoint, folder, args.stages, args.batch)
+    device = "cuda" if args.gpu else "cpu"
+    options = engine_options(job_spec(checkpoint, folder, args.work / "unused", args))
+    inverter = build_engine(str(checkpoint), dataclasses.replace(options, cache_uri=None), args.stages, device, gate=False)
+    alone = engine_alone(inverter, args.batch)
+    before = bare_loop(inverter, folder, args.batch)
+    end_to_end, steady, first_commit = pipeline(checkpoint, folder, args)
+    ceiling_end_to_end, ceiling, _ = pipeline(checkpoint, folder, args, kind=NoWorkInversion())
+    after = bare_loop(inverter, folder, args.batch)
     bare = (before + after) / 2
     decoding = decode_loop(folder)
-    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, {args.images} images, {args.stages} stage(s), batch {args.batch}")
+    card = torch.cuda.get_device_name() if args.gpu else "no GPU"
+    print(f"# {os.cpu_count()} CPUs, {card}, torch {torch.__version__}, {args.images} images, {args.stages} stage(s), "
+          f"batch {args.batch}, engine {options.name} {options.modulation}")
     print("| path | records/s | relative to the bare loop |")
     print("|---|---|---|")
-    print(f"| bare load_inverter loop (read, decode, invert; mean of {before:.3f} before and {after:.3f} after) | {bare:.3f} | 1.00 |")
+    print(f"| the engine alone, a batch already on its device | {alone:.3f} | {alone / bare:.2f} |")
+    print(f"| bare loop, same engine (read, decode, invert; mean of {before:.3f} before and {after:.3f} after) | {bare:.3f} | 1.00 |")
     print(f"| pipeline, steady state (decode tasks, 1 actor, Parquet commit) | {steady:.3f} | {steady / bare:.2f} |")
     print(f"| pipeline, end to end (with actor start and model load) | {end_to_end:.3f} | {end_to_end / bare:.2f} |")
     print(f"| plain decode loop, one process (read + decode, no model) | {decoding:.3f} | {decoding / bare:.2f} |")
