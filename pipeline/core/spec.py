@@ -101,7 +101,9 @@ class OutputSpec(_Strict):
 class ResourcesSpec(_Strict):
     num_actors: int = Field(1, ge=1, le=10_000, description="Inference actors, each holding one copy of the model.")
     num_gpus_per_actor: float = Field(
-        0.0, ge=0, le=MAX_GPUS, description="GPUs reserved per actor; 0 runs the model on CPU, else at least 0.0001."
+        0.0, ge=0, le=MAX_GPUS,
+        description="GPUs reserved per actor; 0 runs the model on CPU, else at least 0.0001. A fraction shares a GPU "
+        "(0.5: two actors on each), which pays when one actor cannot keep it busy (benchmarks/bench_pipeline.py --gpu).",
     )
     num_cpus_per_actor: float = Field(
         1.0,
