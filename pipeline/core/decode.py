@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -12,6 +12,8 @@ from PIL import Image
 from pipeline.core.formats import Blob, input_format
 from pipeline.core.image_formats import DEFAULT_FORMATS, extensions, open_rgb
 from pipeline.core.shards import IMAGE_EXTENSIONS, Shard
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,9 +57,29 @@ def read_and_decode(
     threads: int = 1,
 ) -> DecodedShard:
     """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects),
-    ``threads`` images at a time (Pillow's codecs and resampling release the GIL)."""
+    ``threads`` images at a time."""
     out = DecodedShard()
-    images = []
+    out.keys, out.sources, out.rejects, images = decode_records(
+        shard, storage_options, image_column, key_column, formats, only,
+        lambda blob: decode_image(blob, size, resize, convert_to_rgb, formats), threads,
+    )
+    out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return out
+
+
+def decode_records(
+    shard: Shard,
+    storage_options: Mapping[str, Any],
+    image_column: str,
+    key_column: str | None,
+    formats: tuple[str, ...],
+    only: frozenset[str] | None,
+    decode: Callable[[bytes], T],
+    threads: int = 1,
+) -> tuple[list[str], list[str], list[tuple[str, str, str]], list[T]]:
+    """(keys, sources, rejects, decoded values) of the shard's records (or those in ``only``), in order,
+    each record's bytes through ``decode``, ``threads`` at a time (Pillow's codecs and resampling release
+    the GIL). A record that cannot be read or decoded becomes a reject with the reason."""
     if only is not None:
         shard = input_format(shard.format).only(shard, only)
     records = (
@@ -67,32 +89,34 @@ def read_and_decode(
     )
     wanted = (r for r in records if only is None or r[0] in only)
 
-    def decode(record: tuple[str, str, Blob]) -> np.ndarray | str:
+    def one(record: tuple[str, str, Blob]) -> tuple[T | None, str | None]:
         _, _, blob = record
         if isinstance(blob, BaseException):
-            return str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}"
+            return None, str(blob) if isinstance(blob, ValueError) else f"cannot read: {type(blob).__name__}: {blob}"
         try:
-            return decode_image(blob, size, resize, convert_to_rgb, formats)
+            return decode(blob), None
         except ValueError as e:
-            return str(e)
+            return None, str(e)
+        except Exception as e:  # PIL raises many types for bad data
+            return None, f"cannot decode: {type(e).__name__}: {e}"
 
     def results():
         if threads <= 1:
-            yield from ((r, decode(r)) for r in wanted)
+            yield from ((r, one(r)) for r in wanted)
             return
         with ThreadPoolExecutor(threads) as pool:  # map keeps the records' order
             listed = list(wanted)
-            yield from zip(listed, pool.map(decode, listed))
+            yield from zip(listed, pool.map(one, listed))
 
-    for (key, source, _), image in results():
-        if isinstance(image, str):
-            out.rejects.append((key, source, image))
+    keys, sources, rejects, values = [], [], [], []
+    for (key, source, _), (value, why) in results():
+        if why is not None:
+            rejects.append((key, source, why))
             continue
-        images.append(image)
-        out.keys.append(key)
-        out.sources.append(source)
-    out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return out
+        keys.append(key)
+        sources.append(source)
+        values.append(value)
+    return keys, sources, rejects, values
 
 
 def read_records(

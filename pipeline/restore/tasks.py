@@ -37,6 +37,8 @@ class RestorationTask:
     needed_to_evaluate: tuple[str, ...] = ()  # parameters without a default that evaluation needs
     low_resolution_inputs: bool = False  # users' inputs are small: brought to the model's size bilinearly
     recorded: Callable[[Any], dict] | None = None  # the parameters a row records (default: all of them)
+    # Why the task section cannot evaluate the model's image size (section, size -> reason or None).
+    size_check: Callable[[Any, int], str | None] | None = None
 
     def recorded_parameters(self, section) -> dict[str, Any]:
         if self.recorded is not None:
@@ -45,11 +47,15 @@ class RestorationTask:
 
     def size_problem(self, section, size: int) -> str | None:
         """Why this task cannot evaluate the model's ``size`` px images with ``section``'s parameters."""
-        factor = getattr(section, "factor", None) if "factor" in self.parameters else None
-        if factor is not None and (size % factor or (3 * factor + 1) // 2 >= size):
-            return (f"task.factor: {factor} cannot downsample the model's {size} px images (it must divide {size} "
-                    f"and its padding of {3 * factor // 2} px fit inside the image)")
-        return None
+        return self.size_check(section, size) if self.size_check else None
+
+
+def _factor_problem(section, size: int) -> str | None:
+    factor = section.factor
+    if factor is not None and (size % factor or (3 * factor + 1) // 2 >= size):
+        return (f"task.factor: {factor} cannot downsample the model's {size} px images (it must divide {size} "
+                f"and its padding of {3 * factor // 2} px fit inside the image)")
+    return None
 
 
 def _grey(x: torch.Tensor, generator: torch.Generator, params: Mapping[str, Any]) -> torch.Tensor:
@@ -92,7 +98,8 @@ TASKS: dict[str, RestorationTask] = {
         RestorationTask("denoise", ("noise", "variance", "amount"), _noise, recorded=_denoise_recorded),
         RestorationTask("inpainting", (), _triangle),
         RestorationTask(
-            "super_resolution", ("factor",), _downsample, needed_to_evaluate=("factor",), low_resolution_inputs=True
+            "super_resolution", ("factor",), _downsample, needed_to_evaluate=("factor",), low_resolution_inputs=True,
+            size_check=_factor_problem,
         ),
     )
 }

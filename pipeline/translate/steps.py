@@ -8,9 +8,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from pipeline.core.decode import read_records
-from pipeline.core.formats import input_format
-from pipeline.core.image_formats import DEFAULT_FORMATS, extensions, open_image, open_labels, to_grey
+from pipeline.core.decode import decode_records
+from pipeline.core.image_formats import DEFAULT_FORMATS, open_image, open_labels, to_grey
 from pipeline.core.payloads import Prepared
 from pipeline.core.shards import Shard
 
@@ -102,25 +101,11 @@ class PrepareTranslate:
 
     def __call__(self, shard: Shard, only: frozenset | None) -> tuple[Prepared, Any]:
         spec, task = self.input_spec, translation(self.task)
-        if only is not None:
-            shard = input_format(shard.format).only(shard, only)
-        keys, sources, rejects, inputs = [], [], [], []
         formats = tuple(spec.get("formats", DEFAULT_FORMATS))
-        records = read_records(shard, spec["storage_options"], spec["image_column"], spec["key_column"], extensions(formats))
-        for key, source, blob in records:
-            if only is not None and key not in only:
-                continue
-            try:
-                if isinstance(blob, BaseException):
-                    raise ValueError(str(blob))
-                x = task.read(blob, self.size, formats)
-            except Exception as e:  # PIL raises many types for bad data
-                message = str(e) if isinstance(e, ValueError) else f"cannot decode: {type(e).__name__}: {e}"
-                rejects.append((key, source, message))
-                continue
-            keys.append(key)
-            sources.append(source)
-            inputs.append(x)
+        keys, sources, rejects, inputs = decode_records(
+            shard, spec["storage_options"], spec["image_column"], spec["key_column"], formats, only,
+            lambda blob: task.read(blob, self.size, formats), spec.get("decode_threads", 1),
+        )
         stacked = np.stack(inputs) if inputs else np.zeros((0, task.channels, self.size, self.size), np.float32)
         previews = [[task.picture(x)] for x in stacked[: self.preview_rows]]
         rows = [(i, "", {}) for i in range(len(keys))]
