@@ -137,9 +137,9 @@ def model_graphs(
 ) -> Graphs:
     """The graphs of ``stages`` stages (and the generator); ``exportable`` makes export-friendly copies of
     the encoders (and computes a ``grouped`` or unnamed generator ``batched``: the grouped convolution's
-    graph depends on the batch). ``form`` (one of
-    ``GENERATOR_FORMS``) computes the generator that way (a copy when it is not the model's own); a fused
-    generator holds its weights in ``dtype``, channels-last with ``channels_last``."""
+    graph depends on the batch). ``form`` (one of ``GENERATOR_FORMS``) computes the generator that way (a
+    copy when it is not the model's own); a fused generator holds its weights in ``dtype``, channels-last
+    with ``channels_last``."""
     cfg = model.config
     if form is not None and form not in GENERATOR_FORMS:
         raise ValueError(f"unknown generator form {form!r}; known: {', '.join(GENERATOR_FORMS)}")
