@@ -24,7 +24,7 @@ class InverterFactory:
     threads: int  # torch intra-op threads on CPU
     storage_options: dict[str, Any] = field(default_factory=dict)
     engine: EngineOptions = EngineOptions()
-    gate: bool = False  # actors load an engine already gated by prepare_engine
+    gate: bool = False  # build the engine through the accuracy gate (the first actor of a run)
 
     def __call__(self) -> Engine:
         if self.device == "cpu":
@@ -34,23 +34,39 @@ class InverterFactory:
         )
 
 
-def prepare_engine(factory: InverterFactory) -> PreparedEngine:
-    """Build the engine once for the cluster (filling the engine cache) and put it through the gate."""
+def build_gated(factory: InverterFactory) -> tuple[Engine | None, PreparedEngine]:
+    """Build the engine and put it through the gate: the engine and the options that passed with the
+    verdict, or no engine and why none passed."""
     try:
         engine = dataclasses.replace(factory, gate=True)()
     except AccuracyGateFailed as e:
-        return PreparedEngine(error=str(e))
+        return None, PreparedEngine(error=str(e))
     except Exception as e:  # a missing package, an export or TensorRT build failure: reported, not a traceback
-        return PreparedEngine(error=f"could not build the {factory.engine.name} engine: {type(e).__name__}: {e}")
-    return PreparedEngine(engine.options, engine.gate_report.describe() if engine.gate_report else None)
+        return None, PreparedEngine(error=f"could not build the {factory.engine.name} engine: {type(e).__name__}: {e}")
+    return engine, PreparedEngine(engine.options, engine.gate_report.describe() if engine.gate_report else None)
 
 
 class InferenceActor:
-    """Holds one engine for its whole life and runs a job's model step (``Work.model``) on payloads."""
+    """Holds one engine for its whole life and runs a job's model step (``Work.model``) on payloads, or on
+    one part of a payload (``Work.part``) when a shard is spread over several actors.
 
-    def __init__(self, factory: InverterFactory, model: Callable[[Engine, Any, int], Any]):
-        self.inverter = factory()
-        self.model = model
+    The first actor of a run builds and gates the engine (``factory.gate``), filling the engine cache, while
+    the first shards are read; the others start once it passed and load what it built."""
 
-    def run(self, payload: Any, batch_size: int) -> Any:
+    def __init__(self, factory: InverterFactory, model: Callable[[Engine, Any, int], Any], part: Callable | None = None):
+        if factory.gate:
+            self.inverter, self.prepared = build_gated(factory)
+        else:
+            self.inverter, self.prepared = factory(), None
+        self.model, self.part = model, part
+
+    def engine(self) -> PreparedEngine | None:
+        """What gating the engine gave, when this actor gated it."""
+        return self.prepared
+
+    def run(self, payload: Any, batch_size: int, part: tuple[int, int] | None = None) -> Any:
+        if self.inverter is None:  # a restarted actor whose engine failed its gate this time
+            raise RuntimeError(f"engine: {self.prepared.error}")
+        if part is not None:
+            payload = self.part(payload, *part, batch_size)
         return self.model(self.inverter, payload, batch_size)

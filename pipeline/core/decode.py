@@ -25,12 +25,19 @@ class DecodedShard:
 
 
 def decode_image(
-    data: bytes, size: int, resize: bool, convert_to_rgb: bool, formats: tuple[str, ...] = DEFAULT_FORMATS
+    data: bytes,
+    size: int,
+    resize: bool,
+    convert_to_rgb: bool,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    fast_jpeg: bool = False,
 ) -> np.ndarray:
     """Bytes of one of ``formats`` -> uint8 RGB [size, size, 3], as a viewer shows the picture (EXIF
-    orientation applied). Raises ValueError with a reason for anything unusable."""
+    orientation applied). Raises ValueError with a reason for anything unusable. With ``fast_jpeg`` (and
+    ``resize``) a JPEG larger than ``size`` is decoded at a reduced scale first (``open_image``'s
+    ``draft_size``), then resized as any other picture."""
     try:
-        img = open_rgb(data, formats, convert_to_rgb)
+        img = open_rgb(data, formats, convert_to_rgb, size if fast_jpeg and resize else None)
         if img.size != (size, size):
             if not resize:
                 raise ValueError(
@@ -55,13 +62,14 @@ def read_and_decode(
     only: frozenset[str] | None = None,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     threads: int = 1,
+    fast_jpeg: bool = False,
 ) -> DecodedShard:
     """Decode every record of the shard, or only those whose keys are in ``only`` (a retry of rejects),
     ``threads`` images at a time."""
     out = DecodedShard()
     out.keys, out.sources, out.rejects, images = decode_records(
         shard, storage_options, image_column, key_column, formats, only,
-        lambda blob: decode_image(blob, size, resize, convert_to_rgb, formats), threads,
+        lambda blob: decode_image(blob, size, resize, convert_to_rgb, formats, fast_jpeg), threads,
     )
     out.images = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return out
@@ -146,4 +154,5 @@ def decode_shard(
         only,
         tuple(input_spec.get("formats", DEFAULT_FORMATS)),
         input_spec.get("decode_threads", 1),
+        input_spec.get("fast_jpeg", False),
     )

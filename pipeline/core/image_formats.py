@@ -75,9 +75,15 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def open_image(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> Image.Image:
+def open_image(
+    data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS, draft_size: int | None = None
+) -> Image.Image:
     """Decode ``data`` fully with the plugins of ``formats`` only, turned as its EXIF orientation says
-    (as viewers show it). Raises ValueError naming the real format of anything else."""
+    (as viewers show it). Raises ValueError naming the real format of anything else.
+
+    With ``draft_size`` a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 or 1/8 of its size that is
+    still at least ``draft_size`` on each side (the decoder's own DCT scaling, Pillow's draft mode): far
+    fewer pixels to decode when the picture is resized down afterwards. Other formats decode in full."""
     unknown = [name for name in formats if name not in FORMAT_EXTENSIONS]
     if unknown:  # the spec checks this too; here so that no caller can enable EPS, PDF, ... by name
         raise ValueError(f"input.formats names {', '.join(unknown)}; known: {', '.join(FORMAT_EXTENSIONS)}")
@@ -94,15 +100,19 @@ def open_image(data: bytes, formats: tuple[str, ...] | list[str] = DEFAULT_FORMA
             message = f"file is {real}, not an allowed format ({allowed}); input.formats lists what is read"
             raise ValueError(message) from None
         raise ValueError(f"cannot decode image: not a readable {allowed} file") from None
+    if draft_size is not None and img.format == "JPEG":
+        img.draft(None, (draft_size, draft_size))
     img.load()  # decodes fully, so truncated files fail here and not later
     if img.getexif().get(ORIENTATION, 1) != 1:  # read after load: a PNG may keep its EXIF after the pixels
         img = ImageOps.exif_transpose(img)
     return img
 
 
-def open_rgb(data: bytes, formats: tuple[str, ...] | list[str], convert_to_rgb: bool) -> Image.Image:
+def open_rgb(
+    data: bytes, formats: tuple[str, ...] | list[str], convert_to_rgb: bool, draft_size: int | None = None
+) -> Image.Image:
     """``open_image`` then ``to_rgb``: an RGB image as a viewer shows it."""
-    return to_rgb(open_image(data, formats), convert_to_rgb)
+    return to_rgb(open_image(data, formats, draft_size), convert_to_rgb)
 
 
 def to_rgb(img: Image.Image, convert: bool) -> Image.Image:

@@ -25,11 +25,17 @@ from pipeline.core.store import OutputStore
 @dataclass(frozen=True)
 class Work:
     """A job's work on one shard, in the three places it runs. Each part is pickled on its own, so the
-    CPU tasks only import what their own part needs."""
+    CPU tasks only import what their own part needs.
+
+    A job that gives ``part`` and ``join`` lets the last shards of a run be spread over several actors:
+    each runs the model on one part of the payload and the write step gets the parts' results joined, so
+    the shard is still committed as one file."""
 
     prepare: Callable[[Shard, frozenset | None], tuple[Prepared, Any]]  # CPU task: (meta, payload); ``only``: keys to redo
     model: Callable[[Any, Any, int], Any]  # inference actor: (engine, payload, batch_size) -> result
     write: Callable[[OutputStore, Shard, Prepared, Any, float, bool], ShardStats]  # CPU task: commits the shard
+    part: Callable[[Any, int, int, int], Any] | None = None  # (payload, index, parts, batch_size) -> part of it
+    join: Callable[[list], Any] | None = None  # the parts' model results, in order -> the shard's result
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ def input_args(spec) -> dict:
     """The input section's decoding settings, as the CPU steps take them (plain values, cheap to pickle),
     with as many decoding threads as the decode task reserves CPUs."""
     args = spec.input.model_dump(
-        include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column", "formats"}
+        include={"resize", "convert_to_rgb", "storage_options", "image_column", "key_column", "formats", "fast_jpeg"}
     )
     return {**args, "decode_threads": max(1, round(spec.resources.decode_cpus))}
 

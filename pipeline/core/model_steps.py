@@ -13,21 +13,38 @@ from operators.images import images_to_tensor, tensor_to_images
 def invert_images(engine: Engine, images: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 RGB [N, S, S, 3] -> W+ float32 [N, num_ws, style_dim], in batches of ``batch_size``.
 
-    On a GPU each batch crosses as uint8 (a quarter of float32's bytes) from pinned memory without
-    blocking, becomes float there, and its codes come back into pinned memory without blocking either: the
-    host queues the next batch while the GPU works, and waits once, at the end.
+    On a GPU each batch crosses as uint8 (a quarter of float32's bytes) from pinned memory on a side
+    stream, so the next batch's copy runs while the model works on this one; it becomes float on the GPU,
+    and its codes come back into pinned memory without blocking: the host waits once, at the end.
     """
     cfg, device = engine.config, engine.device
     cuda = device.type == "cuda"
     out = torch.empty((len(images), cfg.num_ws, cfg.style_dim), dtype=torch.float32, pin_memory=cuda)
-    for start in range(0, len(images), batch_size):
-        host = torch.as_tensor(images[start : start + batch_size])
-        if cuda:
-            host = host.pin_memory()
-        batch = images_to_tensor(host.to(device, non_blocking=True))
-        out[start : start + len(batch)].copy_(engine.invert(batch), non_blocking=True)
-    if cuda:
-        torch.cuda.synchronize(device)
+    starts = range(0, len(images), batch_size)
+    if not cuda:
+        for start in starts:
+            batch = images_to_tensor(torch.as_tensor(images[start : start + batch_size]))
+            out[start : start + len(batch)] = engine.invert(batch)
+        return out.numpy()
+
+    copies, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+    def upload(start: int) -> torch.Tensor:
+        host = torch.as_tensor(images[start : start + batch_size]).pin_memory()
+        with torch.cuda.stream(copies):
+            return host.to(device, non_blocking=True)
+
+    ahead = upload(0) if len(images) else None
+    for start in starts:
+        batch = ahead
+        compute.wait_stream(copies)
+        batch.record_stream(compute)  # made on the copy stream, used on this one
+        codes = engine.invert(images_to_tensor(batch))
+        if start + batch_size < len(images):
+            ahead = upload(start + batch_size)
+        # The codes leave on the model's own stream: a CUDA-graph engine reuses its output memory next call.
+        out[start : start + len(batch)].copy_(codes, non_blocking=True)
+    torch.cuda.synchronize(device)
     return out.numpy()
 
 

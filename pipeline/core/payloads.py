@@ -1,5 +1,5 @@
 """What crosses a process boundary between a job's steps: the prepared shard a CPU task hands to the model
-and the write step, the model's result, the engine an engine-preparing task reports, and the stats that
+and the write step, the model's result, the engine the first actor reports, and the stats that
 commit a shard. Small frozen dataclasses (numpy inside, no torch), so each step reads fields rather than
 keys of a dict.
 """
@@ -39,10 +39,22 @@ class ModelResult:
     metrics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
+def part_of_rows(payload: np.ndarray, index: int, parts: int, batch_size: int) -> np.ndarray:
+    """Part ``index`` of ``parts`` of a payload of rows (images, codes), cut between batches so that each
+    part runs whole batches; a part may be empty when the payload has fewer batches than parts."""
+    batches = -(-len(payload) // batch_size)
+    return payload[index * batches // parts * batch_size : (index + 1) * batches // parts * batch_size]
+
+
+def join_rows(results: list[np.ndarray]) -> np.ndarray:
+    """The model results of a payload's parts, in order, as one."""
+    return np.concatenate(results)
+
+
 @dataclass(frozen=True)
 class PreparedEngine:
-    """What building and gating the engine once for the cluster gave: the options that passed (after any
-    fallback) with the gate's verdict, or why no engine passed."""
+    """What building and gating the engine once for the run gave (in its first actor): the options that
+    passed (after any fallback) with the gate's verdict, or why no engine passed."""
 
     options: Any = None  # engines.engine.EngineOptions
     report: str | None = None

@@ -7,7 +7,10 @@
 
 What each step does is the job's ``JobKind.work``; listing, resume, commit, rejects and retries are shared.
 Preparing runs ahead of the model and writing runs behind it, so neither waits on the other; each
-actor has a second shard queued behind the one it is working on. An actor
+actor has a second shard queued behind the one it is working on. The first shards are read while the
+first actor builds the engine and puts it through the accuracy gate; the other actors start once it has
+passed. When no shard is left to read, the last ones are spread over the actors in parts (for jobs whose
+work can be parted), so a large final shard does not leave all but one actor idle. An actor
 that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a decode or
 write task whose worker dies is retried by Ray, one that meets a transient storage error retries itself
 with backoff (``pipeline.core.tasks``); a shard is written whole or not at all.
@@ -27,12 +30,12 @@ from typing import Callable
 
 import ray
 
-from pipeline.core.actors import InferenceActor, InverterFactory, prepare_engine
+from pipeline.core.actors import InferenceActor, InverterFactory
 from pipeline.core.cluster import start_ray
 from pipeline.core.errors import JobFailed, PreflightError, reason
-from pipeline.core.job import JobKind, Plan
+from pipeline.core.job import JobKind, Plan, Work
 from pipeline.core.lock import LockHeld, RunLock
-from pipeline.core.payloads import Provenance, ShardStats
+from pipeline.core.payloads import ShardStats
 from pipeline.core.preflight import engine_options, inspect_output, plan_job
 from pipeline.core.report import JobReport, ProgressBar
 from pipeline.core.secrets import redact_text, redact_uri
@@ -64,23 +67,6 @@ def _check_cluster_fits(res) -> None:
         )
 
 
-def _prepare(factory: InverterFactory, res, provenance: Provenance) -> tuple[InverterFactory, Provenance]:
-    """Build and gate the engine once, on a worker shaped like the actors, before any actor starts: the
-    factory of the engine that passed and the provenance naming it."""
-    options = factory.engine
-    if options.is_reference and not options.pick_batch:
-        return factory, provenance
-    task = ray.remote(prepare_engine).options(num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor)
-    result = ray.get(task.remote(factory))
-    if result.error:
-        raise PreflightError(f"engine: {result.error}")
-    options = result.options
-    provenance = dataclasses.replace(
-        provenance, engine=options.name, precision=options.precision, accuracy_gate=result.report
-    )
-    return dataclasses.replace(factory, engine=options), provenance
-
-
 def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, lock: RunLock | None = None) -> JobReport:
     """Run a plan whose output lease is held (``lock``; tests may run a plan without one)."""
     spec, res = plan.spec, plan.spec.resources
@@ -89,35 +75,36 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
     if plan.committed == {} and not todo:
         raise JobFailed("nothing to do: the input has no shards")
     retried = sum(plan.committed[s.name].rejected for s, retry in todo if retry)
-    if todo:
-        _check_cluster_fits(res)
-        use_gpu = res.num_gpus_per_actor > 0
-        options = engine_options(spec)
-        factory = InverterFactory(
-            checkpoint=spec.model.checkpoint,
-            stages=plan.provenance.stages,
-            device="cuda" if use_gpu else "cpu",
-            threads=math.ceil(res.num_cpus_per_actor),
-            storage_options=dict(spec.model.storage_options),
-            engine=options,
-        )
-        factory, provenance = _prepare(factory, res, plan.provenance)
-        plan = dataclasses.replace(plan, provenance=provenance)
-        # A batch the engine picked on its GPU is also what each model call gets.
-        call_batch = factory.engine.max_batch if options.pick_batch else res.batch_size
-    if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
-        plan.store.clear()
-    plan.store.write_job(plan.provenance.to_json())
-    plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
     stats = dict(plan.committed)
     first_commit = None
-    if todo:
-        for shard_stats in _run_shards(plan, todo, factory, call_batch, lock):
-            stats[shard_stats.shard] = shard_stats
-            if first_commit is None:
-                first_commit = time.time() - started
-            if progress:
-                progress(shard_stats)
+    runner = None
+    try:
+        if todo:
+            _check_cluster_fits(res)
+            factory = InverterFactory(
+                checkpoint=spec.model.checkpoint,
+                stages=plan.provenance.stages,
+                device="cuda" if res.num_gpus_per_actor > 0 else "cpu",
+                threads=math.ceil(res.num_cpus_per_actor),
+                storage_options=dict(spec.model.storage_options),
+                engine=engine_options(spec),
+            )
+            runner = ShardRunner(plan, todo, factory, lock)
+            plan = runner.start_engine()
+        if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
+            plan.store.clear()
+        plan.store.write_job(plan.provenance.to_json())
+        plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
+        if runner:
+            for shard_stats in runner.run():
+                stats[shard_stats.shard] = shard_stats
+                if first_commit is None:
+                    first_commit = time.time() - started
+                if progress:
+                    progress(shard_stats)
+    finally:
+        if runner:
+            runner.close()
 
     records = sum(s.records for s in stats.values())
     rejected = sum(s.rejected for s in stats.values())
@@ -154,73 +141,157 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
     )
 
 
-def _run_shards(
-    plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFactory, call_batch: int, lock: RunLock | None
-):
-    """Prepare, run and write every shard of ``todo``; yields each committed shard's stats. Actors and
-    outstanding tasks are ended on every way out, a failure included."""
-    res = plan.spec.resources
-    work = plan.kind.work(plan)
-    actor_cls = ray.remote(InferenceActor).options(
-        num_cpus=res.num_cpus_per_actor,
-        num_gpus=res.num_gpus_per_actor,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-    )
-    prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
-    # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
-    # one could wait forever. They are I/O and a light encoding pass.
-    write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
-    in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
-    store_args = plan.store.args
-    actors = [actor_cls.remote(factory, work.model) for _ in range(res.num_actors)]
-    queue = deque(todo)
-    preparing: deque = deque()
-    calls = {actor: 0 for actor in actors}  # model calls queued on each actor
-    running: dict = {}
-    writing: dict = {}
-    try:
-        prepare_ref, write_ref = ray.put(work.prepare), ray.put(work.write)
-        while queue or preparing or running or writing:
-            if lock is not None and lock.lost:
-                raise JobFailed(lock.lost)
-            while queue and len(preparing) + len(running) < in_flight:
-                shard, retry = queue.popleft()
-                meta_ref, payload_ref = prepare.remote(prepare_ref, shard, store_args if retry else None)
-                preparing.append((shard, retry, meta_ref, payload_ref, time.time()))
-            while preparing and min(calls.values()) < CALLS_PER_ACTOR:
-                shard, retry, meta_ref, payload_ref, t0 = preparing.popleft()
-                actor = min(calls, key=calls.get)
-                calls[actor] += 1
-                running[actor.run.remote(payload_ref, call_batch)] = (shard, retry, actor, meta_ref, t0)
-            ready, _ = ray.wait([*running, *writing], num_returns=1, timeout=LEASE_CHECK_S)
+@dataclasses.dataclass
+class _Calls:
+    """A shard on its way through the actors: the model calls of its parts, and those still running."""
+
+    shard: Shard
+    retry: bool
+    meta_ref: object
+    refs: list
+    pending: set
+    started: float
+
+
+class ShardRunner:
+    """Prepare, run and write every shard of ``todo``. Made as soon as the plan is known: the first shards'
+    prepare tasks and the first actor, which builds and gates the engine, start at once (with torch
+    engines the other actors too); ``start_engine`` waits for that engine, ``run`` yields each committed
+    shard's stats and ``close`` ends the actors and the outstanding tasks on every way out, a failure
+    included. Nothing is written before ``start_engine`` returns: prepare tasks only read."""
+
+    def __init__(self, plan: Plan, todo: list[tuple[Shard, bool]], factory: InverterFactory, lock: RunLock | None):
+        res = plan.spec.resources
+        self.plan, self.factory, self.lock, self.res = plan, factory, lock, res
+        self.work: Work = plan.kind.work(plan)
+        self.actor_cls = ray.remote(InferenceActor).options(
+            num_cpus=res.num_cpus_per_actor,
+            num_gpus=res.num_gpus_per_actor,
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
+        self.prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
+        # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
+        # one could wait forever. They are I/O and a light encoding pass.
+        self.write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
+        self.in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
+        self.queue = deque(todo)
+        self.preparing: deque = deque()
+        self.running: dict = {}  # model call -> (its shard's _Calls, actor)
+        self.writing: dict = {}  # write task -> its shard's _Calls
+        self.prepare_ref = ray.put(self.work.prepare)
+        options = factory.engine
+        self.gated = not (options.is_reference and not options.pick_batch)
+        self.actors = [self._actor(dataclasses.replace(factory, gate=self.gated))]
+        # An eager or compiled torch engine leaves nothing in the cache for the others to load, so they
+        # build theirs while the first one gates; exported engines (ONNX, TensorRT, AOT) are built once.
+        self.early = options.backend == "torch" and not options.pick_batch
+        if self.early:
+            self.actors += [self._actor(factory) for _ in range(res.num_actors - 1)]
+        self.calls: dict = {}  # model calls queued on each actor
+        self.call_batch = res.batch_size
+        self._start_prepares()
+
+    def start_engine(self) -> Plan:
+        """Wait until the first actor's engine has passed the gate, start the other actors with what it
+        built, and return the plan whose provenance names that engine (PreflightError if none passed)."""
+        plan, factory = self.plan, self.factory
+        if self.gated:
+            result = ray.get(self.actors[0].engine.remote())
+            if result.error:
+                raise PreflightError(f"engine: {result.error}")
+            factory = dataclasses.replace(factory, engine=result.options)
+            plan = dataclasses.replace(plan, provenance=dataclasses.replace(
+                plan.provenance, engine=result.options.name, precision=result.options.precision,
+                accuracy_gate=result.report,
+            ))
+            # A batch the engine picked on its GPU is also what each model call gets.
+            if self.factory.engine.pick_batch:
+                self.call_batch = result.options.max_batch
+        if self.early and factory.engine != self.factory.engine:  # a fallback precision passed, not the one asked for
+            for actor in self.actors[1:]:
+                ray.kill(actor)
+            del self.actors[1:]
+        self.actors += [self._actor(factory) for _ in range(self.res.num_actors - len(self.actors))]
+        self.calls = {actor: 0 for actor in self.actors}
+        # The write step records the engine that passed in every file it writes, so it is made from this plan.
+        self.plan = plan
+        self.write_ref = ray.put(plan.kind.work(plan).write)
+        return plan
+
+    def _actor(self, factory: InverterFactory):
+        return self.actor_cls.remote(factory, self.work.model, self.work.part)
+
+    def _start_prepares(self) -> None:
+        store_args = self.plan.store.args
+        while self.queue and len(self.preparing) + len(self.running) < self.in_flight:
+            shard, retry = self.queue.popleft()
+            meta_ref, payload_ref = self.prepare.remote(self.prepare_ref, shard, store_args if retry else None)
+            self.preparing.append((shard, retry, meta_ref, payload_ref, time.time()))
+
+    def _parts(self) -> int:
+        """How many actors share the next prepared shard: one, unless no shard is left to read and fewer
+        shards remain than actors (the run's tail), when each gets an equal share of the actors."""
+        if self.queue or self.work.part is None:
+            return 1
+        return max(1, len(self.actors) // len(self.preparing))
+
+    def _start_calls(self) -> None:
+        while self.preparing and min(self.calls.values()) < CALLS_PER_ACTOR:
+            parts = self._parts()
+            shard, retry, meta_ref, payload_ref, started = self.preparing.popleft()
+            calls = _Calls(shard, retry, meta_ref, [], set(), started)
+            for index in range(parts):
+                actor = min(self.calls, key=self.calls.get)
+                self.calls[actor] += 1
+                ref = actor.run.remote(payload_ref, self.call_batch, (index, parts) if parts > 1 else None)
+                calls.refs.append(ref)
+                calls.pending.add(ref)
+                self.running[ref] = (calls, actor)
+
+    def run(self):
+        store_args = self.plan.store.args
+        while self.queue or self.preparing or self.running or self.writing:
+            if self.lock is not None and self.lock.lost:
+                raise JobFailed(self.lock.lost)
+            self._start_prepares()
+            self._start_calls()
+            ready, _ = ray.wait([*self.running, *self.writing], num_returns=1, timeout=LEASE_CHECK_S)
             for ref in ready:
-                if ref in running:
-                    shard, retry, actor, meta_ref, t0 = running.pop(ref)
-                    calls[actor] -= 1
-                    writing[write.remote(write_ref, store_args, shard, meta_ref, ref, t0, retry)] = (shard, meta_ref, ref)
+                if ref in self.running:
+                    calls, actor = self.running.pop(ref)
+                    self.calls[actor] -= 1
+                    calls.pending.discard(ref)
+                    if not calls.pending:
+                        task = self.write.remote(
+                            self.write_ref, self.work.join, store_args, calls.shard, calls.meta_ref,
+                            calls.started, calls.retry, *calls.refs,
+                        )
+                        self.writing[task] = calls
                     continue
-                shard, meta_ref, model_ref = writing.pop(ref)
+                calls = self.writing.pop(ref)
                 try:
                     shard_stats = ray.get(ref)
                 except Exception as e:
-                    step, cause = _failed_step(meta_ref, model_ref, e)
+                    step, cause = _failed_step(calls.meta_ref, calls.refs, e)
                     why = redact_text(f"{type(cause).__name__}: {cause}")
+                    shard = calls.shard
                     raise JobFailed(f"{shard.name} (from {shard.first}) could not be {step}: {why}") from e
                 yield shard_stats
-    finally:
-        for _, _, meta_ref, payload_ref, _ in preparing:
+
+    def close(self) -> None:
+        for _, _, meta_ref, _, _ in self.preparing:
             ray.cancel(meta_ref)
-        for actor in actors:
+        for actor in self.actors:
             ray.kill(actor)
 
 
 LEASE_CHECK_S = 5.0  # how often a run waiting on Ray looks whether it still holds the output's lease
 
 
-def _failed_step(meta_ref, model_ref, error: Exception) -> tuple[str, BaseException]:
+def _failed_step(meta_ref, model_refs: list, error: Exception) -> tuple[str, BaseException]:
     """Which step of a shard failed (a write task also fails when the step before it did), and why."""
-    for step, ref in (("read and prepared", meta_ref), ("run through the model", model_ref)):
+    for step, ref in (("read and prepared", meta_ref), *(("run through the model", ref) for ref in model_refs)):
         try:
             ray.get(ref)
         except Exception as e:

@@ -26,6 +26,15 @@ def prepare_task(prepare: Callable, shard: Shard, retry_from: tuple | None) -> t
 
 
 def write_task(
-    write: Callable, store_args: tuple, shard: Shard, meta: Prepared, result: Any, started: float, retry: bool
+    write: Callable,
+    join: Callable | None,
+    store_args: tuple,
+    shard: Shard,
+    meta: Prepared,
+    started: float,
+    retry: bool,
+    *results: Any,
 ) -> ShardStats:
+    """Commit the shard from its model result, or from the results of its parts joined in order."""
+    result = results[0] if len(results) == 1 else join(list(results))
     return with_retries(lambda: write(OutputStore(*store_args), shard, meta, result, started, retry))

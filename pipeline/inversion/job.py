@@ -6,6 +6,7 @@ from __future__ import annotations
 from pipeline.core.errors import PreflightError
 from pipeline.core.job import Checked, JobKind, Plan, Work, input_args, register
 from pipeline.core.model_steps import invert_images
+from pipeline.core.payloads import join_rows, part_of_rows
 from pipeline.core.spec import JobSpec
 from pipeline.inversion.spec import InversionSpec
 from pipeline.inversion.steps import DecodeImages, WriteLatents
@@ -30,6 +31,8 @@ class InversionJob(JobKind):
             prepare=DecodeImages(plan.provenance.image_size, input_args(spec)),
             model=invert_images,
             write=WriteLatents(plan.provenance, spec.output.latent_dtype, spec.output.row_group_size),
+            part=part_of_rows,
+            join=join_rows,
         )
 
 

@@ -321,6 +321,27 @@ class FlakyInversion(InversionJob):
         return Work(FailingPrepare(work.prepare, *self.args), work.model, work.write)
 
 
+class CountingModel:
+    """The job's model step, leaving a file per call that names the process and the records it ran."""
+
+    def __init__(self, model, calls_dir: str):
+        self.model, self.calls_dir = model, calls_dir
+
+    def __call__(self, engine, images, batch_size):
+        with open(os.path.join(self.calls_dir, f"{os.getpid()}-{time.monotonic_ns()}"), "w") as f:
+            f.write(str(len(images)))
+        return self.model(engine, images, batch_size)
+
+
+class CountedInversion(InversionJob):
+    def __init__(self, calls_dir: str):
+        self.calls_dir = calls_dir
+
+    def work(self, plan):
+        work = super().work(plan)
+        return Work(work.prepare, CountingModel(work.model, self.calls_dir), work.write, work.part, work.join)
+
+
 @pytest.fixture
 def by_value():
     import sys
@@ -381,3 +402,48 @@ def test_preflight_reads_the_checkpoint_once_for_the_model_and_its_hash(tiny_che
     plan = plan_job(make_spec(str(folder), tiny_checkpoint, str(tmp_path / "out")), INVERSION)
     assert opened == [str(tiny_checkpoint)]
     assert plan.provenance.checkpoint_sha256 == checkpoint_sha256(str(tiny_checkpoint))
+
+
+def test_the_last_shard_is_spread_over_the_actors_and_committed_as_one_file(ray_local, tiny_checkpoint, tmp_path, by_value):
+    folder, calls = tmp_path / "in", tmp_path / "calls"
+    good = make_image_folder(folder, good=10)
+    calls.mkdir()
+    two_actors = {"num_actors": 2, "num_cpus_per_actor": 0.5, "decode_cpus": 0.5, "batch_size": 2}
+    spec = make_spec(str(folder), tiny_checkpoint, str(tmp_path / "out"), input={"shard_size": 10}, resources=two_actors)
+    report = run_plan(plan_job(spec, CountedInversion(str(calls))))
+    assert (report.records, report.written, report.shards) == (10, 10, 1)
+
+    # 5 batches in 2 parts, cut between batches: 2 batches on one actor, 3 on the other.
+    ran = sorted((name.split("-")[0], int((calls / name).read_text())) for name in os.listdir(calls))
+    assert sorted(n for _, n in ran) == [4, 6] and len({pid for pid, _ in ran}) == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == ["shard-00000.parquet"]
+    keys, _, codes, _ = read_output(str(tmp_path / "out"))
+    assert keys == good  # the parts joined in order
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
+
+
+def test_parts_of_a_payload_run_whole_batches_and_join_to_the_whole():
+    from pipeline.core.payloads import join_rows, part_of_rows
+
+    rows = np.arange(11)
+    assert [part_of_rows(rows, i, 3, 2).tolist() for i in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    assert [len(part_of_rows(rows, i, 8, 4)) for i in range(8)] == [0, 0, 4, 0, 0, 4, 0, 3]
+    for parts in range(1, 7):
+        assert join_rows([part_of_rows(rows, i, parts, 3) for i in range(parts)]).tolist() == rows.tolist()
+
+
+def test_actors_started_beside_the_gate_are_replaced_when_a_fallback_passes(ray_local, tiny_checkpoint, tmp_path, by_value):
+    folder, calls, out = tmp_path / "in", tmp_path / "calls", tmp_path / "out"
+    good = make_image_folder(folder, good=8)
+    calls.mkdir()
+    two_actors = {"num_actors": 2, "num_cpus_per_actor": 0.5, "decode_cpus": 0.5, "batch_size": 2}
+    bfloat16_first = {"precision": "bfloat16", "fallback": ["float32"], "gate": {"max_wplus_error": 1e-5}}
+    spec = make_spec(str(folder), tiny_checkpoint, str(out), input={"shard_size": 8}, resources=two_actors, engine=bfloat16_first)
+    report = run_plan(plan_job(spec, CountedInversion(str(calls))))
+    assert report.written == 8
+    assert len({name.split("-")[0] for name in os.listdir(calls)}) == 2  # both actors ran a part
+    provenance = json.loads(pq.ParquetFile(out / "shard-00000.parquet").schema_arrow.metadata[b"e2style_batch"])
+    assert provenance["engine"] == "torch float32"
+    keys, _, codes, _ = read_output(str(out))
+    assert keys == good  # float32 codes from both actors: the bfloat16 one started beside the gate never ran
+    np.testing.assert_allclose(codes, direct_codes(tiny_checkpoint, folder, keys), rtol=0, atol=1e-5)
