@@ -137,7 +137,7 @@ def run_one(spec_cls, kind, output: Path, sections: dict, checkpoints: dict[str,
     start = time.perf_counter()
     report = run_plan(plan, progress=progress)
     seconds = time.perf_counter() - start
-    files = sorted(p for p in (output / "images").rglob("*") if p.is_file()) if (output / "images").exists() else []
+    files = sorted(p for p in (output / "_images").rglob("*") if p.is_file()) if (output / "_images").exists() else []
     steady = None
     if len(commits) > 1:
         steady = (commits[0][0], commits[-1][0], sum(w for _, _, w in commits[1:]))

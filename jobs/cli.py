@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -16,10 +17,15 @@ from pipeline.core.secrets import redact_text, spec_secrets
 from pipeline.core.verify import VerifyError, verify_output
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_CODES = """Exit codes: 0 success; 1 the job ran and failed (too many rejects, a shard failed after retries), or
---verify found differences; 2 the spec or its inputs are unusable, or another run is writing the output,
-detected before any work started and with nothing written; 130 interrupted (Ctrl-C): committed shards
-are kept, and the same command resumes."""
+EXIT_MEANINGS = {
+    EXIT_OK: "success (with --verify: the output holds every input record exactly once)",
+    EXIT_FAILED: "the job ran and failed (more rejects than max_failure_rate, a shard that failed after retries), "
+    "or --verify found differences; committed shards are kept",
+    EXIT_BAD_SPEC: "the spec or its inputs are unusable (a missing checkpoint, unreachable storage, an output of "
+    "another spec), or another run is writing the output: found before any work started, nothing written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): committed shards are kept, and the same command resumes",
+}
+HELP_WIDTH = 100  # columns of the help's spec sections and exit codes
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything near this size is a mistake or an attack
 MAX_SPEC_VALUES = 100_000  # keys, values and items after aliases are expanded (real specs have hundreds)
 MAX_SPEC_DEPTH = 32  # mappings and lists inside each other (real specs nest four deep)
@@ -76,8 +82,47 @@ def load_spec(path: Path, spec_class: type[BaseModel]) -> BaseModel:
         raise ValueError(f"spec {path} is invalid:\n{problems}") from None
 
 
+def _table(rows: list[tuple[str, str]], indent: int = 2) -> list[str]:
+    """Two columns, the second wrapped to HELP_WIDTH under itself."""
+    first = max(len(name) for name, _ in rows) + 2
+    lines = []
+    for name, text in rows:
+        wrapped = textwrap.wrap(text, HELP_WIDTH - indent - first) or [""]
+        lines.append(" " * indent + name.ljust(first) + wrapped[0])
+        lines += [" " * (indent + first) + line for line in wrapped[1:]]
+    return lines
+
+
+def spec_sections(spec_class: type[BaseModel]) -> list[str]:
+    """The help's list of a spec's top-level sections (required ones first): what each is, and the fields
+    of each section or the default of each setting."""
+    rows = []
+    fields = spec_class.model_fields
+    for name in sorted(fields, key=lambda n: not fields[n].is_required()):
+        info = fields[name]
+        text = (info.description or "").rstrip(".") + "."
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            text += f" Fields: {', '.join(section.model_fields)}."
+        elif not info.is_required() and "default" not in text.lower():
+            default = info.get_default(call_default_factory=True)
+            text += f" Default: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}."
+        rows.append((name + (" (required)" if info.is_required() else ""), text))
+    return ["spec sections (a YAML mapping):", *_table(rows)]
+
+
+def exit_codes() -> list[str]:
+    return ["exit codes:", *_table([(str(code), meaning) for code, meaning in EXIT_MEANINGS.items()])]
+
+
 def main(argv: list[str] | None, prog: str, description: str, kind: JobKind) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """Run the job ``kind`` from the command line; ``description`` (the job module's docstring) heads --help."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.dedent(description).strip(),
+        epilog="\n".join([*spec_sections(kind.spec_class), "", *exit_codes()]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("spec", type=Path, help="YAML spec file")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import EXIT_CODES, main as run_main
+from jobs.cli import main as run_main
 from pipeline.edit.job import EDIT
-
-__doc__ += "\n" + EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.edit", __doc__.splitlines()[0], EDIT)
+    return run_main(argv, "python -m jobs.edit", __doc__, EDIT)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import EXIT_BAD_SPEC, EXIT_CODES, EXIT_FAILED, EXIT_OK, main as run_main
+from jobs.cli import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main as run_main
 from pipeline.inversion.job import INVERSION
 
-__doc__ += "\n" + EXIT_CODES
 __all__ = ["EXIT_BAD_SPEC", "EXIT_FAILED", "EXIT_OK", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.invert_dataset", __doc__.splitlines()[0], INVERSION)
+    return run_main(argv, "python -m jobs.invert_dataset", __doc__, INVERSION)
 
 
 if __name__ == "__main__":

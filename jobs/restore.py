@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import EXIT_CODES, main as run_main
+from jobs.cli import main as run_main
 from pipeline.restore.job import RESTORE
-
-__doc__ += "\n" + EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.restore", __doc__.splitlines()[0], RESTORE)
+    return run_main(argv, "python -m jobs.restore", __doc__, RESTORE)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import EXIT_CODES, main as run_main
+from jobs.cli import main as run_main
 from pipeline.translate.job import TRANSLATE
-
-__doc__ += "\n" + EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, "python -m jobs.translate", __doc__.splitlines()[0], TRANSLATE)
+    return run_main(argv, "python -m jobs.translate", __doc__, TRANSLATE)
 
 
 if __name__ == "__main__":

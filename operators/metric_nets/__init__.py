@@ -8,7 +8,9 @@
 """
 
 from operators.metric_nets.arcface import ArcFaceIRSE50, face_region, identity_similarity
-from operators.metric_nets.fid import FeatureStatistics, fid_from_statistics, frechet_distance, trace_sqrt_product
+from operators.metric_nets.fid import (
+    FeatureStatistics, fid_from_statistics, fids_from_statistics, frechet_distance, trace_sqrt_product,
+)
 from operators.metric_nets.inception import FIDInceptionV3
 from operators.metric_nets.lpips import LPIPS
 
@@ -19,6 +21,7 @@ __all__ = [
     "FeatureStatistics",
     "face_region",
     "fid_from_statistics",
+    "fids_from_statistics",
     "frechet_distance",
     "identity_similarity",
     "trace_sqrt_product",

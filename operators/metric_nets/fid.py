@@ -131,3 +131,25 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
     return frechet_distance(a.mean(), a.covariance(), b.mean(), b.covariance())
+
+
+def fids_from_statistics(reference: FeatureStatistics, others: list[FeatureStatistics]) -> list[float]:
+    """``fid_from_statistics(reference, other)`` for each of ``others``, with the square root of the
+    reference's covariance computed once (the costly part: an eigen-decomposition of a 2048x2048 matrix).
+    A set whose features are not all finite gets NaN."""
+    mu1, sigma1 = reference.mean(), reference.covariance()
+    if not (torch.isfinite(mu1).all() and torch.isfinite(sigma1).all()):
+        return [float("nan")] * len(others)
+    root = _psd_sqrt(sigma1)
+    distances = []
+    for other in others:
+        mu2, sigma2 = other.mean(), other.covariance()
+        if not (torch.isfinite(mu2).all() and torch.isfinite(sigma2).all()):
+            distances.append(float("nan"))
+            continue
+        m = root @ sigma2 @ root
+        trace_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+        difference = mu1 - mu2
+        distance = difference @ difference + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
+        distances.append(max(float(distance), 0.0))  # a squared distance: only round-off takes it below zero
+    return distances

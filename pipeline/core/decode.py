@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline.core.formats import Blob, input_format
 from pipeline.core.image_formats import DEFAULT_FORMATS, extensions, open_rgb
+from pipeline.core.payloads import Prepared
 from pipeline.core.shards import IMAGE_EXTENSIONS, Shard
 
 T = TypeVar("T")
@@ -156,3 +157,16 @@ def decode_shard(
         input_spec.get("decode_threads", 1),
         input_spec.get("fast_jpeg", False),
     )
+
+
+@dataclass(frozen=True)
+class DecodeImages:
+    """A job's prepare step for RGB image input: a shard read and decoded as (keys, sources, rejects) and
+    uint8 RGB [N, size, size, 3], with the input section's settings (``pipeline.core.job.input_args``)."""
+
+    size: int
+    input_spec: Mapping[str, Any]
+
+    def __call__(self, shard: Shard, only: frozenset | None) -> tuple[Prepared, Any]:
+        decoded = decode_shard(shard, self.size, self.input_spec, only)
+        return Prepared(decoded.keys, decoded.sources, decoded.rejects), decoded.images

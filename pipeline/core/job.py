@@ -56,6 +56,7 @@ class JobKind:
     verb: str  # what the summary says happened to a record
     spec_class: type[JobSpec]  # the job's spec, as its YAML files are validated
     contact_sheet = False  # assemble _contact_sheet.png from the shards' previews
+    finish_files: tuple[str, ...] = ()  # what ``finish`` writes, relative to the output (removed by --overwrite)
 
     def list_input(self, spec: JobSpec) -> list[Shard]:
         inp = spec.input
@@ -86,6 +87,10 @@ class JobKind:
     def work(self, plan: "Plan") -> Work:
         """The job's steps for the shards of ``plan``."""
         raise NotImplementedError
+
+    def finish(self, plan: "Plan", stats: list[ShardStats]) -> None:
+        """Write what the job makes of the whole output (``finish_files``) once every shard is committed,
+        after the manifest; a rerun of a complete output writes them again."""
 
 
 @dataclass

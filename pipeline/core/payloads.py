@@ -20,13 +20,15 @@ Row = tuple[int, str, Mapping[str, Any]]  # (record index, variant name, paramet
 @dataclass(frozen=True)
 class Prepared:
     """A shard after its CPU step: the records that get output (keys and sources, in order) and the rejected
-    ones; for jobs that make images also each output row and the preview pictures of the first records."""
+    ones; for jobs that make images also each output row and the preview pictures of the first records
+    (with their column titles on the contact sheet; "input" where the job names none)."""
 
     keys: list[str]
     sources: list[str]
     rejects: list[Reject]
     rows: list[Row] = dataclasses.field(default_factory=list)
     previews: list[list[np.ndarray]] = dataclasses.field(default_factory=list)
+    preview_titles: tuple[str, ...] = ()  # what each record's preview pictures show, e.g. ("clean", "degraded")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class PreparedEngine:
 @dataclass(frozen=True)
 class ShardStats:
     """What committing a shard recorded in ``_stats/<shard>.json`` (the file whose presence commits it): its
-    counts, its files, and what it read, so that later runs know which input is done."""
+    counts, its files, and what it read, so that later runs know which input is done; its rejects by reason
+    and its metric values, so that the job's totals add up from its shards' stats (``pipeline.core.totals``)."""
 
     shard: str
     records: int  # records read: written + rejected
@@ -82,6 +85,10 @@ class ShardStats:
     version: str | None = None
     preview_rows: int | None = None  # records on its contact-sheet preview
     retries: int = 0  # retries of its rejects
+    # Its rejects by reason class (``totals.reject_reason``); None in stats written before they were counted.
+    reject_reasons: Mapping[str, int] | None = None
+    # Per-row metric values in row order (null where not finite), when the job evaluates.
+    metrics: Mapping[str, list[float | None]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and not (k == "retries" and v == 0)}
@@ -127,13 +134,19 @@ class Provenance:
     spec_sha256: str
     job_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the job's own (edit, restoration, ...)
     accuracy_gate: str | None = None  # the verdict of the engine's gate, when it was gated
+    # The spec's fields that spec_sha256 hashes (JobSpec.fingerprinted, URLs redacted), written as "spec" so
+    # that a refused spec change can name the fields that changed.
+    spec_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def matched(self) -> tuple[str, ...]:
         return (*MATCHED, *self.job_fields)
 
     def to_json(self, **more: Any) -> dict[str, Any]:
-        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "job_fields"}
+        own = [f.name for f in dataclasses.fields(self) if f.name not in ("job_fields", "spec_fields")]
+        record = {name: getattr(self, name) for name in own}
         if record["accuracy_gate"] is None:
             del record["accuracy_gate"]
+        if self.spec_fields:
+            record["spec"] = self.spec_fields
         return {**record, **self.job_fields, **more}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
+from typing import Any, Mapping
 
 from engines import CheckpointError, load_e2style
 from engines.engine import EngineOptions
@@ -13,7 +15,8 @@ from engines.gate import GateThresholds
 from pipeline.core.errors import PreflightError, reason
 from pipeline.core.job import JobKind, Plan
 from pipeline.core.payloads import Provenance
-from pipeline.core.secrets import redact_uri
+from pipeline.core.report import counted
+from pipeline.core.secrets import redact_text, redact_uri
 from pipeline.core.shards import InputError, assign_shards
 from pipeline.core.spec import JobSpec
 from pipeline.core.storage import location, overlap
@@ -65,6 +68,7 @@ def plan_job(
         package_version=PACKAGE_VERSION,
         spec_sha256=spec.output_fingerprint(),
         job_fields=checked.provenance,
+        spec_fields=recorded_spec(spec),
     )
     try:
         store = OutputStore(spec.output.uri, spec.output.storage_options)
@@ -86,16 +90,13 @@ def inspect_output(plan: Plan) -> Plan:
         committed = store.committed()
     except Exception as e:
         raise PreflightError(f"output.uri: cannot use {redact_uri(spec.output.uri)}: {reason(e)}") from e
-    if previous is not None:
-        for field_name in plan.provenance.matched:
-            if field_name == "job" and "job" not in previous:  # written before jobs other than inversion
-                continue
-            if previous.get(field_name) != provenance[field_name]:
-                raise PreflightError(
-                    f"output.uri: {redact_uri(spec.output.uri)} holds output of a different {field_name.replace('_', ' ')} "
-                    f"({previous.get(field_name)!r}, this spec: {provenance[field_name]!r}); "
-                    "rerun with --overwrite to replace it, or choose another output.uri"
-                )
+    changes = [] if previous is None else output_changes(previous, provenance, plan.provenance.matched)
+    if changes:
+        raise PreflightError(
+            f"output.uri: {redact_uri(spec.output.uri)} holds output that this spec would make differently:\n"
+            + "".join(f"  {change}\n" for change in changes)
+            + "rerun with --overwrite to replace it, choose another output.uri, or set these back to resume it"
+        )
     listing = plan.listing
     try:
         shards, gone = assign_shards(
@@ -106,10 +107,85 @@ def inspect_output(plan: Plan) -> Plan:
     foreign = store.unowned([s.name for s in shards], committed)
     if foreign:
         raise PreflightError(
-            f"output.uri: {len(foreign)} path(s) this run would write hold files it did not write, e.g. "
+            f"output.uri: {counted(len(foreign), 'path')} this run would write "
+            f"{'holds' if len(foreign) == 1 else 'hold'} files it did not write, e.g. "
             f"{store.fs.unstrip_protocol(foreign[0])}; move them away or choose another output.uri"
         )
     return dataclasses.replace(plan, shards=shards, committed={} if plan.overwrite else committed, gone=gone)
+
+
+def output_changes(previous: Mapping[str, Any], provenance: Mapping[str, Any], matched: tuple[str, ...]) -> list[str]:
+    """How the output's ``_job.json`` (``previous``) and this run's provenance differ in what a resumed
+    output must share, one line per field: "input.resize: false there, true in this spec". A changed
+    spec is told by the fields that changed, where the output recorded them (outputs written before that
+    record say only that some field did). A provenance field that repeats a changed spec field with the
+    same values (latent_dtype and output.latent_dtype) is told once."""
+    before, after, spec_changed = {}, {}, False
+    for name in matched:
+        if name == "job" and "job" not in previous:  # written before jobs other than inversion
+            continue
+        if previous.get(name) == provenance[name]:
+            continue
+        if name == "spec_sha256":
+            spec_changed = True
+        else:
+            before[name], after[name] = previous.get(name, MISSING), provenance[name]
+    recorded = previous.get("spec")
+    spec = []
+    if spec_changed and isinstance(recorded, dict):
+        spec = _differences(_flat(recorded), _flat(provenance.get("spec", {})))
+    told = {(path.rsplit(".", 1)[-1], old, new) for path, old, new in spec}
+    others = [d for d in _differences(_flat(before), _flat(after)) if (d[0].rsplit(".", 1)[-1], d[1], d[2]) not in told]
+    lines = [f"{path}: {old} there, {new} in this spec" for path, old, new in [*spec, *others]]
+    if spec_changed and not spec and not isinstance(recorded, dict):
+        lines.insert(0, "a field of the spec's sections that decide the output changed (this output was written "
+                        "before _job.json recorded them, so which one cannot be told)")
+    elif spec_changed and not spec:
+        lines.insert(0, "the spec's fingerprint changed (the same fields, hashed differently by another version of the job)")
+    return lines
+
+
+MISSING = "(not recorded)"
+
+
+def _flat(fields: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one, by dotted path: {"input": {"resize": True}} -> {"input.resize": True}."""
+    flat = {}
+    for key, value in fields.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(path, value before, value after) of each path whose value differs, values as YAML spells them
+    (JSON's null, true, "text")."""
+    def shown(value: Any) -> str:
+        return value if value is MISSING else json.dumps(value, sort_keys=True)
+
+    return [
+        (path, shown(before.get(path, MISSING)), shown(after.get(path, MISSING)))
+        for path in sorted(before.keys() | after.keys())
+        if before.get(path, MISSING) != after.get(path, MISSING)
+    ]
+
+
+def recorded_spec(spec: JobSpec) -> dict[str, Any]:
+    """What ``_job.json`` records of the spec: the fields its fingerprint hashes, as JSON has them, every
+    URL redacted (a presigned direction file's signature too)."""
+    return _redacted(json.loads(json.dumps(spec.fingerprinted())))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every URL in its strings redacted (a presigned URL's signature, a user's password)."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact_text(value) if isinstance(value, str) else value
 
 
 def check_disjoint(spec: JobSpec) -> None:

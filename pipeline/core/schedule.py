@@ -43,6 +43,7 @@ from pipeline.core.shards import Shard
 from pipeline.core.spec import JobSpec
 from pipeline.core.store import OutputStore
 from pipeline.core.tasks import prepare_task, write_task
+from pipeline.core.totals import metrics_total, reasons_total
 
 
 RETRIES = 3
@@ -92,7 +93,7 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
             runner = ShardRunner(plan, todo, factory, lock)
             plan = runner.start_engine()
         if plan.overwrite:  # only now: a spec whose engine cannot be built or gated keeps the old output
-            plan.store.clear()
+            plan.store.clear(plan.kind.finish_files)
         plan.store.write_job(plan.provenance.to_json())
         plan.store.remove_uncommitted()  # what an interrupted run wrote for shards it did not commit
         if runner:
@@ -109,6 +110,7 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
     records = sum(s.records for s in stats.values())
     rejected = sum(s.rejected for s in stats.values())
     recovered = sum(stats[s.name].written - plan.committed[s.name].written for s, retry in todo if retry)
+    processed = sum(stats[s.name].records for s, retry in todo if not retry) + retried
     rate = rejected / records if records else 0.0
     ok = rate <= spec.max_failure_rate
     message = "" if ok else (
@@ -121,6 +123,7 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
         if plan.kind.contact_sheet and spec.output.contact_sheet_rows:
             sheet = plan.store.write_contact_sheet(ordered, spec.output.contact_sheet_rows)
         plan.store.write_manifest(plan.provenance.to_json(), ordered)
+        plan.kind.finish(plan, ordered)
     return JobReport(
         output=redact_uri(spec.output.uri),
         shards=len(plan.shards),
@@ -138,6 +141,9 @@ def run_plan(plan: Plan, progress: Callable[[ShardStats], None] | None = None, l
         verb=plan.kind.verb,
         contact_sheet=sheet,
         first_commit_seconds=first_commit,
+        processed=processed,
+        reject_reasons=reasons_total(list(stats.values()), plan.store.read_rejects),
+        metrics=metrics_total(list(stats.values())),
     )
 
 

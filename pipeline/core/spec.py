@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import fsspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.core.image_formats import DEFAULT_FORMATS, FORMAT_EXTENSIONS
@@ -19,6 +20,39 @@ from pipeline.core.secrets import redact_uri
 class _Strict(BaseModel):
     # No inf or nan anywhere: every number of a spec is a count, a size, a rate or a threshold.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Each of the section's storage options fields and the URI field it is for (a URI, a list of them, or
+    # None), so that the spec's global storage_options reach every URI of their scheme.
+    storage_uris: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def with_global_storage_options(cls, section: dict, by_scheme: dict, name: str) -> dict:
+        """The raw ``section`` with the options of its URIs' scheme from ``by_scheme`` under its own, which
+        win key by key. Malformed values are left for validation to report."""
+        merged = dict(section)
+        for options_field, uri_field in cls.storage_uris.items():
+            uris = section.get(uri_field)
+            schemes = {uri_scheme(u) for u in ([uris] if isinstance(uris, str) else uris or []) if isinstance(u, str)}
+            matched = sorted(s for s in schemes if isinstance(by_scheme.get(s), dict))
+            own = section.get(options_field, {})
+            if not matched or not isinstance(own, dict):
+                continue
+            if len(schemes) > 1:
+                if options_field in section:
+                    continue  # the section's own options, for all of its URIs
+                raise ValueError(
+                    f"{name}.{uri_field} mixes URI schemes ({', '.join(sorted(schemes))}), and one {name}."
+                    f"{options_field} serves them all, so the spec's storage_options for {matched[0]} cannot apply "
+                    f"to just some of them: give {name}.{options_field} for all of them"
+                )
+            merged[options_field] = {**by_scheme[matched[0]], **own}
+        return merged
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme that a URI's global storage options are found by: ``s3`` for ``s3://bucket/key``, ``file``
+    for a local path."""
+    protocol, _ = fsspec.core.split_protocol(uri)
+    return (protocol or "file").lower()
 
 
 # Upper bounds far beyond any real cluster, which keep every value usable as an int, a thread count and a
@@ -34,6 +68,8 @@ ImageFormat = Literal[tuple(FORMAT_EXTENSIONS)]  # type: ignore[valid-type]
 
 
 class InputSpec(_Strict):
+    storage_uris = {"storage_options": "uri"}
+
     uri: str | list[str] = Field(
         description="A folder, a glob, or a list of URIs (local paths or fsspec URLs such as s3://bucket/faces/)."
     )
@@ -70,8 +106,9 @@ class InputSpec(_Strict):
     )
     storage_options: StorageOptions = Field(
         default_factory=dict,
-        description="fsspec options for the input filesystem, e.g. {endpoint_url: ..., anon: false}. "
-        "Credentials may also come from the environment.",
+        description="fsspec options for the input filesystem, e.g. {endpoint_url: ..., anon: false}; they win, key "
+        "by key, over the spec's storage_options for the input's scheme. Credentials may also come from the "
+        "environment.",
     )
     formats: list[ImageFormat] = Field(
         default_factory=lambda: list(DEFAULT_FORMATS),
@@ -89,16 +126,21 @@ class InputSpec(_Strict):
         return self
 
 class ModelSpec(_Strict):
+    storage_uris = {"storage_options": "checkpoint"}
+
     checkpoint: str = Field(description="Official E2Style checkpoint file: a local path or an fsspec URL.")
     stages: int | None = Field(
         None, ge=1, le=64, description="Stages to run; at most the file's opts['training_stage']. Default: all of them."
     )
     storage_options: StorageOptions = Field(
-        default_factory=dict, description="fsspec options for the checkpoint's filesystem."
+        default_factory=dict,
+        description="fsspec options for the checkpoint's filesystem (over the spec's storage_options for its scheme).",
     )
 
 
 class OutputSpec(_Strict):
+    storage_uris = {"storage_options": "uri"}
+
     uri: str = Field(description="Folder (local or fsspec URL) that receives one Parquet file per input shard.")
     latent_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Storage type of the W+ codes. float16 halves the size and rounds each value."
@@ -107,7 +149,8 @@ class OutputSpec(_Strict):
         2048, ge=1, le=MAX_COUNT, description="Rows per Parquet row group (a W+ row is 36 KiB in float32)."
     )
     storage_options: StorageOptions = Field(
-        default_factory=dict, description="fsspec options for the output filesystem."
+        default_factory=dict,
+        description="fsspec options for the output filesystem (over the spec's storage_options for its scheme).",
     )
 
 
@@ -158,6 +201,8 @@ class GateSpec(_Strict):
 
 
 class EngineSpec(_Strict):
+    storage_uris = {"cache_storage_options": "cache_uri"}
+
     backend: Literal["torch", "onnxruntime", "tensorrt", "aoti"] = Field(
         "torch", description="torch (eager or compiled), onnxruntime (CPU, or CUDA when present), tensorrt (GPU) or "
         "aoti (graphs compiled ahead of time by AOTInductor once, cached under cache_uri, loaded by every actor)."
@@ -190,7 +235,11 @@ class EngineSpec(_Strict):
         None, description="Folder or fsspec URI for exported graphs and TensorRT plans, shared by the cluster; "
         "default: _engines/ under output.uri."
     )
-    cache_storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options for cache_uri.")
+    cache_storage_options: StorageOptions = Field(
+        default_factory=dict,
+        description="fsspec options for cache_uri (over the spec's storage_options for its scheme); without "
+        "cache_uri the output's options serve the cache under it.",
+    )
     gate: GateSpec = Field(default_factory=GateSpec, description="The accuracy gate every engine passes first.")
 
     @model_validator(mode="after")
@@ -221,6 +270,39 @@ class JobSpec(_Strict):
         description="Ray cluster to join; default: the one in RAY_ADDRESS (as under `ray job submit`), "
         "else a local Ray started for the job.",
     )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options by URI scheme, for every URI of that scheme in the spec (input, latents, "
+        "checkpoint, direction, output, engine cache): {s3: {endpoint_url: https://..., key: ...}, gs: {...}}; "
+        "a local path's scheme is file. A section's own storage_options win, key by key.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_global_storage_options(cls, data: Any) -> Any:
+        by_scheme = data.get("storage_options") if isinstance(data, dict) else None
+        if not isinstance(by_scheme, dict) or not by_scheme:
+            return data
+        data = dict(data)
+        for name, field in cls.model_fields.items():
+            section_class, section = field.annotation, data.get(name)
+            if isinstance(section, dict) and isinstance(section_class, type) and issubclass(section_class, _Strict):
+                data[name] = section_class.with_global_storage_options(section, by_scheme, name)
+        return data
+
+    @field_validator("storage_options")
+    @classmethod
+    def _keyed_by_scheme(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = set(fsspec.available_protocols())
+        for scheme, options in value.items():
+            if scheme not in known:
+                raise ValueError(
+                    f"{scheme!r} is not a URI scheme fsspec knows: the spec's storage_options are keyed by scheme, "
+                    "e.g. {s3: {endpoint_url: ...}} (a section's storage_options hold the options themselves)"
+                )
+            if not isinstance(options, dict):
+                raise ValueError(f"{scheme}: the options for {scheme}:// URIs must be a mapping, e.g. {{endpoint_url: ...}}")
+        return value
 
     @field_validator("input")
     @classmethod
@@ -231,7 +313,11 @@ class JobSpec(_Strict):
         return value
 
     def output_fingerprint(self) -> str:
-        """A hash of everything that decides the output's content (not credentials, not resources)."""
+        """A hash of everything that decides the output's content (``fingerprinted``)."""
+        return hashlib.sha256(json.dumps(self.fingerprinted(), sort_keys=True).encode()).hexdigest()
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The sections and fields that decide the output's content (not credentials, not resources)."""
         # URIs without their query values: a presigned URL's signature changes from run to run, and it
         # must not be what decides that a rerun resumes the output.
         relevant = {
@@ -241,7 +327,7 @@ class JobSpec(_Strict):
             "engine": self.engine.model_dump(include={"backend", "precision"}),
         }
         relevant.update(self.fingerprint_sections())
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+        return relevant
 
     def _later_defaults(self) -> set[str]:
         """The input fields added after the first release that are at their defaults: outputs written
@@ -255,17 +341,23 @@ class JobSpec(_Strict):
 
 
 def _redact_uris(section: dict[str, Any]) -> dict[str, Any]:
+    """A section as the fingerprint sees it: URIs redacted, and any storage options left in it emptied
+    (endpoints and credentials never decide it; the key stays, so outputs written without options keep
+    their fingerprint)."""
     def one(value: Any) -> Any:
         if isinstance(value, str):
             return redact_uri(value)
         return [one(v) for v in value] if isinstance(value, list) else value
 
-    return {k: one(v) if k in ("uri", "checkpoint", "latents") else v for k, v in section.items()}
+    return {
+        k: {} if k.endswith("storage_options") else one(v) if k in ("uri", "checkpoint", "latents") else v
+        for k, v in section.items()
+    }
 
 
 class ImageOutputSpec(OutputSpec):
     uri: str = Field(
-        description="Folder (local or fsspec URL) that receives images/<shard>/ and one Parquet manifest per input shard."
+        description="Folder (local or fsspec URL) that receives _images/<shard>/ and one Parquet manifest per input shard."
     )
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the output images.")
     quality: int = Field(95, ge=1, le=100, description="jpeg and webp quality (png is lossless).")

@@ -1,9 +1,10 @@
 """The inversion output: one Parquet file of W+ codes per input shard, committed by a stats file.
 
-Layout under ``output.uri`` (readers such as pyarrow and Ray Data skip ``_``-prefixed paths, so reading
-the folder as a dataset yields the latents only):
+Layout under ``output.uri``. Readers of a folder (pyarrow, Ray Data, pandas) skip ``_``-prefixed paths,
+so the folder reads as the latents alone; readers that take a glob (polars, DuckDB, Hugging Face
+``datasets``) read ``<output.uri>/*.parquet``:
 
-    shard-00000.parquet          key, source, w_plus (fixed_shape_tensor [num_ws, style_dim])
+    shard-00000.parquet          key, source, w_plus [num_ws][style_dim] (nested fixed-size lists)
     _rejects/shard-00000.parquet key, source, error   (only for shards with rejected records)
     _stats/shard-00000.json      written last: the shard is committed once this exists
     _files/shard-00000.json      every file the shard's writes create, recorded before the first of them
@@ -12,11 +13,22 @@ the folder as a dataset yields the latents only):
     _lock/                       the running job's lease (pipeline.core.lock)
     _engines/                    exported graphs and TensorRT plans (engines.cache), unless engine.cache_uri
 
+``w_plus`` is a fixed-size list of ``num_ws`` fixed-size lists of ``style_dim`` float32 or float16 values,
+a type every reader above maps to an [N, num_ws, style_dim] array (Hugging Face ``datasets`` as nested
+``List(..., length=...)``, polars as ``Array``, DuckDB as nested ``FLOAT`` lists). float32 values
+are BYTE_STREAM_SPLIT-encoded; float16 ones are not, since DuckDB reads that encoding only for 4- and
+8-byte values.
+
 Jobs that make images (restoration, translation, editing) add, per shard, before its stats:
 
-    images/shard-00000/<key>[.<variant>].<png|jpg|webp>   the rows' ``image`` column names them
+    _images/shard-00000/<key>[.<variant>].<png|jpg|webp>   the rows' ``image`` column: each one's full URI
     _previews/shard-00000.png    the shard's first records, inputs beside outputs
     _contact_sheet.png           the first previews stacked, written when the job succeeds
+
+Outputs written before this layout hold ``w_plus`` as ``arrow.fixed_shape_tensor`` and images under
+``images/`` (and row URIs as the spec spelled the output). The job still reads, verifies, resumes,
+retries and cleans them up; new shards of such an output keep its latent type, so that the folder stays
+readable as one dataset (``--overwrite`` writes it anew in this layout).
 
 The job owns only what it wrote: cleaning up after an interrupted run and ``--overwrite`` remove the
 files named by ``_files`` records (and by the stats of shards committed before those records existed),
@@ -31,7 +43,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +54,12 @@ from pipeline.core.lock import check_fence
 from pipeline.core.payloads import ShardStats
 from pipeline.core.secrets import redact_text, redact_uri
 from pipeline.core.storage import filesystem, is_local, join, with_retries, write_atomically
+from pipeline.core.totals import metrics_total, reasons_total, shard_totals
 
 LATENT_COLUMN = "w_plus"
+VALUE_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
+IMAGES = "_images"  # a shard's images: _images/<shard>/<name>
+LEGACY_IMAGES = "images"  # where outputs written before _images hold them
 PREVIEW_TILE, PREVIEW_GAP = 128, 4  # pixels of a contact sheet's pictures and the space between them
 METADATA_KEY = b"e2style_batch"
 REJECT_SCHEMA = pa.schema(
@@ -55,16 +71,60 @@ REJECT_SCHEMA = pa.schema(
 )
 
 
+def latent_type(num_ws: int, style_dim: int, dtype: str) -> pa.DataType:
+    """The ``w_plus`` column's type: ``num_ws`` fixed-size lists of ``style_dim`` values."""
+    row = pa.list_(pa.field("element", VALUE_TYPES[dtype], nullable=False), style_dim)
+    return pa.list_(pa.field("element", row, nullable=False), num_ws)
+
+
 def latent_schema(num_ws: int, style_dim: int, dtype: str, provenance: Mapping[str, Any]) -> pa.Schema:
-    value_type = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
     return pa.schema(
         [
             pa.field("key", pa.string(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
-            pa.field(LATENT_COLUMN, pa.fixed_shape_tensor(value_type, (num_ws, style_dim)), nullable=False),
+            pa.field(LATENT_COLUMN, latent_type(num_ws, style_dim, dtype), nullable=False),
         ],
         metadata={METADATA_KEY: json.dumps(dict(provenance), sort_keys=True).encode()},
     )
+
+
+def _is_tensor(kind: pa.DataType) -> bool:
+    """``arrow.fixed_shape_tensor``: the latent type of outputs written before the nested lists."""
+    return isinstance(kind, pa.FixedShapeTensorType)
+
+
+def _latents(values: pa.Array, kind: pa.DataType) -> pa.Array:
+    """Flat row-major values as a ``w_plus`` column of ``kind`` (either layout)."""
+    if _is_tensor(kind):
+        return pa.ExtensionArray.from_storage(kind, pa.FixedSizeListArray.from_arrays(values, type=kind.storage_type))
+    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(values, type=kind.value_type), type=kind)
+
+
+def _flat_values(column: pa.ChunkedArray) -> pa.Array:
+    """The values of a ``w_plus`` column (either layout), row-major, as one array."""
+    if _is_tensor(column.type):
+        chunks = [chunk.storage.flatten() for chunk in column.chunks]
+        value_type = column.type.value_type
+    else:
+        chunks = [chunk.flatten().flatten() for chunk in column.chunks]
+        value_type = column.type.value_type.value_type
+    return pa.concat_arrays(chunks) if chunks else pa.array([], value_type)
+
+
+def latent_codes(table: pa.Table) -> np.ndarray:
+    """The W+ codes of a latents table, [N, num_ws, style_dim] in the stored dtype, from either layout."""
+    kind = table.schema.field(LATENT_COLUMN).type
+    shape = tuple(kind.shape) if _is_tensor(kind) else (kind.list_size, kind.value_type.list_size)
+    return _flat_values(table.column(LATENT_COLUMN)).to_numpy(zero_copy_only=False).reshape(len(table), *shape)
+
+
+def with_latent_type(table: pa.Table, kind: pa.DataType) -> pa.Table:
+    """``table`` with its ``w_plus`` column of type ``kind`` (the same values; metadata kept)."""
+    index = table.schema.get_field_index(LATENT_COLUMN)
+    if table.schema.field(index).type == kind:
+        return table
+    column = _latents(_flat_values(table.column(index)), kind)
+    return table.set_column(index, pa.field(LATENT_COLUMN, kind, nullable=False), column)
 
 
 def latent_table(
@@ -74,12 +134,9 @@ def latent_table(
     if codes.ndim != 3 or len(codes) != len(keys) or len(keys) != len(sources):
         raise ValueError(f"{len(keys)} keys, {len(sources)} sources and codes of shape {list(codes.shape)} disagree")
     schema = latent_schema(codes.shape[1], codes.shape[2], latent_dtype, provenance)
-    tensor_type = schema.field(LATENT_COLUMN).type
-    flat = pa.array(np.ascontiguousarray(codes, dtype=latent_dtype).reshape(-1), tensor_type.value_type)
-    # Built from its storage so that a shard whose records were all rejected still gets a (0-row) table.
-    latents = pa.ExtensionArray.from_storage(
-        tensor_type, pa.FixedSizeListArray.from_arrays(flat, codes.shape[1] * codes.shape[2])
-    )
+    # Built from the flat values so that a shard whose records were all rejected still gets a (0-row) table.
+    flat = pa.array(np.ascontiguousarray(codes, dtype=latent_dtype).reshape(-1), VALUE_TYPES[latent_dtype])
+    latents = _latents(flat, schema.field(LATENT_COLUMN).type)
     sources = [redact_uri(source) for source in sources]
     return pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(sources, pa.string()), latents], schema=schema)
 
@@ -97,6 +154,15 @@ def manifest_table(
     for name, (values, dtype) in columns.items():
         table = table.append_column(pa.field(name, dtype), pa.array(values, dtype))
     return table
+
+
+def _latent_encoding(kind: pa.DataType) -> dict[str, str] | None:
+    """BYTE_STREAM_SPLIT (smaller after compression) for float32 values only: DuckDB cannot read it on
+    float16 ones (2-byte fixed-length values)."""
+    depth, values = (1, kind.value_type) if _is_tensor(kind) else (2, kind.value_type.value_type)
+    if values != pa.float32():
+        return None
+    return {LATENT_COLUMN + ".list.element" * depth: "BYTE_STREAM_SPLIT"}
 
 
 @dataclass
@@ -138,11 +204,27 @@ class OutputStore:
         return join(self.root, "_files", f"{shard}.json")
 
     def images_dir(self, shard: str) -> str:
-        return join(self.root, "images", shard)
+        return join(self.root, IMAGES, shard)
+
+    @property
+    def location(self) -> str:
+        """The output's full URI without secrets: an absolute path on disks (whatever folder the job
+        ran in), the URL elsewhere."""
+        return self.root if is_local(self.fs) else redact_uri(self.uri).rstrip("/")
 
     def image_uri(self, shard: str, name: str) -> str:
         """The URI a shard's image ``name`` gets (as written in the rows' ``image`` column)."""
-        return join(redact_uri(self.uri), "images", shard, name)
+        return join(self.location, IMAGES, shard, name)
+
+    def image_path(self, shard: str, uri: str) -> str | None:
+        """The path under the root of the image a row of ``shard`` names by ``uri``, in this layout or the
+        one before (``images/``, URIs as the spec spelled the output); None if it is in neither folder."""
+        for base in dict.fromkeys([self.location, redact_uri(self.uri).rstrip("/")]):
+            for folder in (IMAGES, LEGACY_IMAGES):
+                prefix = join(base, folder, shard) + "/"
+                if uri.startswith(prefix):
+                    return f"{folder}/{shard}/{uri[len(prefix):]}"
+        return None
 
     def preview_path(self, shard: str) -> str:
         return join(self.root, "_previews", f"{shard}.png")
@@ -152,7 +234,7 @@ class OutputStore:
         return join(self.root, "_contact_sheet.png")
 
     def _write_images(self, shard: str, images: Mapping[str, bytes]) -> None:
-        """Write encoded images under images/<shard>/. They count only once the shard's stats exist, so
+        """Write encoded images under _images/<shard>/. They count only once the shard's stats exist, so
         they are written in place: a crash leaves files that its ``_files`` record names for removal."""
         paths = {join(self.images_dir(shard), name): data for name, data in images.items()}
         for parent in sorted({self.fs._parent(p) for p in paths}):
@@ -213,8 +295,20 @@ class OutputStore:
         return stats
 
     def read_latents(self, shard: str) -> pa.Table:
+        """The shard's rows as written (``latent_codes`` reads their W+ codes in either layout)."""
         with self.fs.open(self.data_path(shard), "rb") as f:
             return pq.read_table(f)
+
+    def output_latent_type(self, shard: str) -> pa.DataType | None:
+        """The ``w_plus`` type of the output's committed shards other than ``shard`` (a listing and one
+        schema read); None when it has none."""
+        for name in sorted(self.listed("_stats", ".json") - {shard}):
+            try:
+                with self.fs.open(self.data_path(name), "rb") as f:
+                    return pq.read_schema(f).field(LATENT_COLUMN).type
+            except FileNotFoundError:  # a damaged shard (verify reports it) says nothing about the others
+                continue
+        return None
 
     def read_rejects(self, shard: str) -> list[tuple[str, str, str]]:
         """(key, source, error) of the shard's rejected records; none when it has no rejects file."""
@@ -244,9 +338,8 @@ class OutputStore:
             with self.fs.open(self.data_path(shard), "rb") as f:
                 rows = pq.ParquetFile(f)
                 if "image" in rows.schema_arrow.names:
-                    prefix = self.image_uri(shard, "")
                     uris = rows.read(columns=["image"]).column("image").to_pylist()
-                    files += [f"images/{shard}/{uri[len(prefix):]}" for uri in uris]
+                    files += [path for path in map(lambda uri: self.image_path(shard, uri), uris) if path is not None]
         return files
 
     def _claim(self, shard: str, files: list[str]) -> None:
@@ -258,12 +351,15 @@ class OutputStore:
             self._write_json(self.files_path(shard), {"shard": shard, "files": merged})
 
     def _remove_owned(self, shard: str, stats: Mapping[str, Any] | None) -> None:
-        paths = [join(self.root, relative) for relative in self.owned_files(shard, stats)] + [self.files_path(shard)]
+        owned = self.owned_files(shard, stats)
+        paths = [join(self.root, relative) for relative in owned] + [self.files_path(shard)]
         if is_local(self.fs):
             paths = [p for p in paths if self.fs.exists(p)]
         if paths:
             self.fs.rm(paths)  # object stores delete a list in bulk, and ignore keys that are not there
-        self._prune(self.images_dir(shard))
+        folders = {IMAGES} | {path.split("/", 1)[0] for path in owned if path.startswith(f"{LEGACY_IMAGES}/")}
+        for folder in sorted(folders):
+            self._prune(join(self.root, folder, shard))
 
     def _remove_partials(self) -> None:
         """Temporary files of ``write_atomically`` that a crash left (their names are the job's)."""
@@ -297,7 +393,7 @@ class OutputStore:
             (self.listed("", ".parquet"), self.data_path),
             (self.listed("_rejects", ".parquet"), self.rejects_path),
             (self.listed("_previews", ".png"), self.preview_path),
-            (self.listed("images", ""), self.images_dir),
+            (self.listed(IMAGES, ""), self.images_dir),
         )
         taken = []
         for shard in shards:
@@ -315,16 +411,17 @@ class OutputStore:
         names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False))
         return {n[: len(n) - len(suffix)] for n in names if n.startswith("shard-") and n.endswith(suffix)}
 
-    def clear(self) -> None:
-        """Remove every file the job wrote (for a deliberate fresh start); files it did not write stay."""
+    def clear(self, finish_files: tuple[str, ...] = ()) -> None:
+        """Remove every file the job wrote (for a deliberate fresh start); files it did not write stay.
+        ``finish_files``: what the job writes under the output once every shard is committed."""
         for shard, stats in self.committed().items():
             self._remove_owned(shard, stats)
             self.fs.rm(self.stats_path(shard))
         self.remove_uncommitted()
-        for path in (self.job_path, self.manifest_path, self.contact_sheet_path):
+        for path in (self.job_path, self.manifest_path, self.contact_sheet_path, *(join(self.root, f) for f in finish_files)):
             if self.fs.exists(path):
                 self.fs.rm(path)
-        for folder in ("_stats", "_rejects", "_previews", "_files", "_tmp", "images"):
+        for folder in ("_stats", "_rejects", "_previews", "_files", "_tmp", IMAGES, LEGACY_IMAGES):
             self._prune(join(self.root, folder))
 
     def write_shard(
@@ -339,17 +436,21 @@ class OutputStore:
         images: Mapping[str, bytes] | None = None,
         preview: bytes | None = None,
         preview_rows: int | None = None,
+        metrics: Sequence[str] = (),
     ) -> ShardStats:
         """Write the shard's images, preview, rows and rejects, then its stats file, which commits it.
         Returns the stats.
 
         ``inputs`` (``shards.shard_inputs``) records what the shard read, for later runs. A record may have
         several rows (an edit with several strengths); ``written`` counts records, ``rows`` rows.
-        ``images`` (name under images/<shard>/ -> bytes) and ``preview`` (PNG of ``preview_rows`` records)
-        are the image jobs'.
+        ``images`` (name under _images/<shard>/ -> bytes) and ``preview`` (PNG of ``preview_rows`` records)
+        are the image jobs'; ``metrics`` names the rows' per-row metric columns, whose values the stats
+        keep for the job's totals. The rows are written with the latent type of the output's other shards, so
+        that a resumed output written before the nested lists stays one readable dataset.
         """
         images = images or {}
-        files = [f"{shard}.parquet", f"_rejects/{shard}.parquet"] + [f"images/{shard}/{name}" for name in images]
+        table = with_latent_type(table, self.output_latent_type(shard) or table.schema.field(LATENT_COLUMN).type)
+        files = [f"{shard}.parquet", f"_rejects/{shard}.parquet"] + [f"{IMAGES}/{shard}/{name}" for name in images]
         if preview is not None:
             files.append(f"_previews/{shard}.png")
         self._claim(shard, files)
@@ -358,14 +459,13 @@ class OutputStore:
             write_atomically(self.fs, self.preview_path(shard), lambda f: f.write(preview), self.tmp_dir)
 
         def write_rows(f):
-            encodings = {f"{LATENT_COLUMN}.list.element": "BYTE_STREAM_SPLIT"} if LATENT_COLUMN in table.column_names else None
             pq.write_table(
                 table,
                 f,
                 row_group_size=row_group_size,
                 compression="zstd",
                 use_dictionary=["key", "source"],
-                column_encoding=encodings,
+                column_encoding=_latent_encoding(table.schema.field(LATENT_COLUMN).type),
             )
 
         write_atomically(self.fs, self.data_path(shard), write_rows, self.tmp_dir)
@@ -390,6 +490,7 @@ class OutputStore:
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "retries": retries,
             "preview_rows": preview_rows,
+            **shard_totals(rejects, {name: table.column(name).to_pylist() for name in metrics}),
             **inputs,
         })
         if self.fence is not None:
@@ -405,8 +506,12 @@ class OutputStore:
         row_group_size: int,
         started: float,
         images: Mapping[str, bytes] | None = None,
+        metrics: Sequence[str] = (),
+        preview: bytes | None = None,
+        preview_rows: int | None = None,
     ) -> ShardStats:
         """Recommit a shard with the rows (and images) recovered by a retry of its rejects appended.
+        ``preview`` (of ``preview_rows`` records) replaces the shard's preview; without it the preview stays.
 
         The shard is uncommitted (its stats removed) before any of its files is replaced, so a crash part
         way leaves it uncommitted, and the next run redoes it whole; it is never committed with a mix of
@@ -416,7 +521,7 @@ class OutputStore:
         old = self.read_latents(shard)
         retried = set(table.column("key").to_pylist()) | {r[0] for r in still_rejected}
         untouched = [r for r in self.read_rejects(shard) if r[0] not in retried]
-        merged = pa.concat_tables([old, table.cast(old.schema)])
+        merged = pa.concat_tables([old, with_latent_type(table, old.schema.field(LATENT_COLUMN).type).cast(old.schema)])
         self._claim(shard, self.owned_files(shard, previous))  # a shard committed before _files records
         self.uncommit(shard)
         return with_retries(  # here, not around the whole retry: a second try would find no stats to read
@@ -429,20 +534,26 @@ class OutputStore:
                 previous.read,
                 retries=previous.retries + 1,
                 images=images,
-                preview_rows=previous.preview_rows,
+                preview=preview,
+                preview_rows=previous.preview_rows if preview is None else preview_rows,
+                metrics=metrics,
             )
         )
 
     def write_manifest(self, provenance: Mapping[str, Any], stats: list[ShardStats]) -> None:
-        self._write_json(
-            self.manifest_path,
-            {
-                "provenance": dict(provenance),
-                "shards": len(stats),
-                "records": sum(s.records for s in stats),
-                "written": sum(s.written for s in stats),
-                "rejected": sum(s.rejected for s in stats),
-                "data_files": [s.data_file for s in stats],
-                "rejects_files": [s.rejects_file for s in stats if s.rejects_file],
-            },
-        )
+        """The output at a glance: its provenance, counts, rejects by reason, the summary of each per-row
+        metric (when the job evaluates) and its files."""
+        manifest = {
+            "provenance": dict(provenance),
+            "shards": len(stats),
+            "records": sum(s.records for s in stats),
+            "written": sum(s.written for s in stats),
+            "rejected": sum(s.rejected for s in stats),
+            "rejected_by_reason": reasons_total(stats, self.read_rejects),
+            "data_files": [s.data_file for s in stats],
+            "rejects_files": [s.rejects_file for s in stats if s.rejects_file],
+        }
+        metrics = metrics_total(stats)
+        if metrics:
+            manifest["metrics"] = metrics
+        self._write_json(self.manifest_path, manifest)

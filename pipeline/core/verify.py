@@ -19,9 +19,12 @@ from engines import CheckpointError, checkpoint_sha256
 from pipeline.core.errors import PreflightError
 from pipeline.core.formats import input_format
 from pipeline.core.payloads import ShardStats
+from pipeline.core.preflight import output_changes, recorded_spec
+from pipeline.core.report import counted
 from pipeline.core.job import JobKind
 from pipeline.core.shards import Shard, assign_shards
-from pipeline.core.store import LATENT_COLUMN, METADATA_KEY, OutputStore
+from pipeline.core.storage import join
+from pipeline.core.store import IMAGES, METADATA_KEY, OutputStore, latent_codes
 from pipeline.core.spec import JobSpec
 
 EXAMPLES = 5  # keys quoted per difference; the counts are always complete
@@ -54,13 +57,14 @@ class VerifyReport:
         written = sum(s.written for s in self.shards)
         rejected = sum(s.rejected for s in self.shards)
         head = (
-            f"{len(self.shards)} shards, {records} input records; output {self.output} holds "
-            f"{written} latents and {rejected} rejects"
+            f"{counted(len(self.shards), 'shard')}, {counted(records, 'input record')}; output {self.output} holds "
+            f"{counted(written, 'latent')} and {counted(rejected, 'reject')}"
         )
         if self.ok:
             return "\n".join([f"verified: {head}; every input record is there exactly once", *self.notes])
         lines = [f"{s.shard}: {p}" for s in self.shards for p in s.problems] + self.problems
-        return "\n".join([f"verification FAILED: {head}; {len(lines)} difference(s):", *(f"  {line}" for line in lines)])
+        head = f"verification FAILED: {head}; {counted(len(lines), 'difference')}:"
+        return "\n".join([head, *(f"  {line}" for line in lines)])
 
 
 class VerifyError(ValueError):
@@ -89,7 +93,8 @@ def check_shard(
     if stats is None:
         check.records = len(expected)
         partial = " (a data file without stats: a run was interrupted)" if store.fs.exists(store.data_path(shard.name)) else ""
-        check.problems.append(f"not committed{partial}: {len(expected)} input records missing; run the job again")
+        missing = counted(len(expected), "input record")
+        check.problems.append(f"not committed{partial}: {missing} missing; run the job again")
         return check
     check.records = len(expected) if expected is not None else stats.records
     try:
@@ -111,19 +116,19 @@ def check_shard(
         for name in ("checkpoint_sha256", "stages", "spec_sha256"):
             if meta.get(name) != job.get(name):
                 check.problems.append(f"latents written with {name} {meta.get(name)!r}, the job's is {job.get(name)!r}")
-    codes = table.column(LATENT_COLUMN).combine_chunks().to_numpy_ndarray() if len(written) else None
+    codes = latent_codes(table) if len(written) else None
     if codes is not None:
         if codes.shape[1:] != (job.get("num_ws"), job.get("style_dim")):
             check.problems.append(f"latents of shape {list(codes.shape[1:])}, expected [{job.get('num_ws')}, {job.get('style_dim')}]")
         bad_rows = np.flatnonzero(~np.isfinite(codes.reshape(len(codes), -1)).all(axis=1))
         if len(bad_rows):
-            check.problems.append(f"{len(bad_rows)} latent(s) not finite: {_quote(rows[i] for i in bad_rows)}")
+            check.problems.append(f"{counted(len(bad_rows), 'latent')} not finite: {_quote(rows[i] for i in bad_rows)}")
     counts = Counter(rows)
     wrong = [k for k in written if counts[k] != kind.rows_per_record(spec, k)]
     if wrong:
         k = wrong[0]
         check.problems.append(
-            f"{len(wrong)} record(s) with another number of rows than the job makes: {_quote(wrong)} "
+            f"{counted(len(wrong), 'record')} with another number of rows than the job makes: {_quote(wrong)} "
             f"({k!r} has {counts[k]}, expected {kind.rows_per_record(spec, k)})"
         )
     if "image" in table.column_names:
@@ -137,7 +142,7 @@ def check_shard(
         by_key.setdefault(key, set()).add(source)
     clashing = sorted(k for k, found in by_key.items() if len(found) > 1)
     if clashing:
-        check.problems.append(f"{len(clashing)} key(s) with rows from more than one source: {_quote(clashing)}")
+        check.problems.append(f"{counted(len(clashing), 'key')} with rows from more than one source: {_quote(clashing)}")
     expected_set = set(expected or ())
     missing = [k for k in expected if k not in seen] if expected is not None else []
     unexpected = [k for k in seen if k not in expected_set] if expected is not None else []
@@ -150,7 +155,7 @@ def check_shard(
         ("more than once in the rejects", repeated),
     ):
         if keys:
-            check.problems.append(f"{len(keys)} record(s) {label}: {_quote(keys)}")
+            check.problems.append(f"{counted(len(keys), 'record')} {label}: {_quote(keys)}")
     if (stats.written, stats.rejected) != (len(written), len(rejected)):
         check.problems.append(
             f"stats say {stats.written} written and {stats.rejected} rejected, "
@@ -160,19 +165,27 @@ def check_shard(
 
 
 def _check_images(store: OutputStore, shard: str, uris: list[str]) -> list[str]:
-    """Every row's image exists, and the shard's image folder holds no others."""
-    folder = store.images_dir(shard)
-    present = {p[len(folder) + 1 :] for p in store.fs.find(folder)} if store.fs.exists(folder) else set()
-    prefix = store.image_uri(shard, "")
-    named = {u[len(prefix) :] for u in uris}
+    """Every row's image exists in the shard's image folder, and that folder holds no others (for a
+    shard written before _images/, its folder under images/ too)."""
+    paths = [store.image_path(shard, uri) for uri in uris]
+    outside = [uri for uri, path in zip(uris, paths) if path is None]
+    named = {path for path in paths if path is not None}
+    present = set()
+    for folder in sorted({IMAGES} | {path.split("/", 1)[0] for path in named}):
+        location = join(store.root, folder, shard)
+        if store.fs.exists(location):
+            present |= {p[len(store.root.rstrip('/')) + 1 :] for p in store.fs.find(location)}
     problems = []
-    if len(named) != len(uris):
-        problems.append(f"{len(uris) - len(named)} row(s) name an image another row names")
+    if outside:
+        folder = f"{IMAGES}/{shard}/"
+        problems.append(f"{counted(len(outside), 'row')} naming an image outside the output's {folder}: {_quote(outside)}")
+    if len(named) + len(outside) != len(uris):
+        problems.append(f"{counted(len(uris) - len(named) - len(outside), 'row')} naming an image another row names")
     missing, stray = sorted(named - present), sorted(present - named)
     if missing:
-        problems.append(f"{len(missing)} image(s) named by rows are missing: {_quote(missing)}")
+        problems.append(f"{counted(len(missing), 'image')} named by rows but not there: {_quote(missing)}")
     if stray:
-        problems.append(f"{len(stray)} image(s) in images/{shard}/ that no row names: {_quote(stray)}")
+        problems.append(f"{counted(len(stray), 'image')} in the shard's image folder that no row names: {_quote(stray)}")
     return problems
 
 
@@ -183,8 +196,10 @@ def verify_output(spec: JobSpec, kind: JobKind) -> VerifyReport:
     if job is None:
         raise VerifyError(f"output.uri: {spec.output.uri} holds no {kind.name} output (no _job.json)")
     if job.get("spec_sha256") != spec.output_fingerprint():
+        current = {"spec_sha256": spec.output_fingerprint(), "spec": recorded_spec(spec)}
         raise VerifyError(
-            f"output.uri: {spec.output.uri} was written from a different spec (input, model or output settings differ)"
+            f"output.uri: {spec.output.uri} was written from a different spec:\n"
+            + "\n".join(f"  {change}" for change in output_changes(job, current, ("spec_sha256",)))
         )
     try:
         sha = checkpoint_sha256(spec.model.checkpoint, spec.model.storage_options)
@@ -214,15 +229,15 @@ def verify_output(spec: JobSpec, kind: JobKind) -> VerifyReport:
     if repeated:
         k = repeated[0]
         problems.append(
-            f"{len(repeated)} key(s) in more than one shard: {_quote(repeated)} ({k!r} is in {', '.join(holders[k])})"
+            f"{counted(len(repeated), 'key')} in more than one shard: {_quote(repeated)} ({k!r} is in {', '.join(holders[k])})"
         )
     unlisted = store.listed("", ".parquet") - names - set(committed)
     recorded = store.listed("_files", ".json")
     stray = [f"{name}.parquet" for name in sorted(unlisted & recorded)]
     foreign = [f"{name}.parquet" for name in sorted(unlisted - recorded)]
     if stray:
-        problems.append(f"{len(stray)} data file(s) for shards the input does not have: {_quote(stray)}")
-    notes = [f"{len(gone)} committed shard(s) read input that is no longer listed: {_quote(gone)}"] if gone else []
+        problems.append(f"{counted(len(stray), 'data file')} for shards the input does not have: {_quote(stray)}")
+    notes = [f"{counted(len(gone), 'committed shard')} that read input no longer listed: {_quote(gone)}"] if gone else []
     if foreign:  # not the job's to judge or remove, but a reader of the folder would take them for data
-        notes.append(f"{len(foreign)} file(s) named like data files that the job did not write: {_quote(foreign)}")
+        notes.append(f"{counted(len(foreign), 'file')} named like data files that the job did not write: {_quote(foreign)}")
     return VerifyReport(spec.output.uri, checks, problems, notes)

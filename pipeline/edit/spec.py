@@ -11,6 +11,8 @@ from pipeline.edit.kinds import FIELDS, edit_kind
 
 
 class EditInputSpec(InputSpec):
+    storage_uris = {"storage_options": "uri", "latents_storage_options": "latents"}
+
     uri: str | list[str] | None = Field(
         None, description="Images to invert on the fly (a folder, a glob, or a list of URIs); or give latents."
     )
@@ -31,6 +33,8 @@ class EditInputSpec(InputSpec):
 
 
 class EditSectionSpec(_Strict):
+    storage_uris = {"direction_storage_options": "direction"}
+
     kind: Literal["direction", "mixing", "interpolation", "face_swap"] = Field(
         description="direction: move each code along a latent direction; mixing: take some layers from style "
         "records; interpolation: codes between pairs of records; face_swap: paste the centre of a source face "
@@ -68,7 +72,7 @@ class EditSectionSpec(_Strict):
         kind = edit_kind(self.kind)
         stray = sorted((self.model_fields_set & FIELDS) - kind.fields)
         if stray:
-            raise ValueError(f"{', '.join(stray)} do(es) not apply to kind {self.kind}")
+            raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to kind {self.kind}")
         missing = kind.missing(self)
         if missing:
             raise ValueError(missing)

@@ -18,7 +18,7 @@ from pipeline.core.decode import decode_shard
 from pipeline.core.payloads import Prepared
 from pipeline.core.shards import Shard
 from pipeline.core.storage import filesystem
-from pipeline.core.store import LATENT_COLUMN
+from pipeline.core.store import LATENT_COLUMN, latent_codes
 from pipeline.edit.kinds import edit_kind
 from pipeline.edit.spec import EditSectionSpec
 
@@ -71,7 +71,8 @@ class PrepareEdit:
             for (r, _, _), target, donor, paste in zip(plan, targets, donors, pasted):
                 firsts.setdefault(r, [target, donor, paste])
             previews = [firsts[r] for r in sorted(firsts)][: self.preview_rows]
-            return Prepared(keys, sources, rejects, rows, previews), {"images": pasted, "plan": plan}
+            titles = ("target", "source", "pasted")
+            return Prepared(keys, sources, rejects, rows, previews, titles), {"images": pasted, "plan": plan}
         previews = [] if self.from_latents else [[v] for v in values[: self.preview_rows]]
         field = "codes" if self.from_latents else "images"
         return Prepared(keys, sources, rejects, rows, previews), {field: values, f"partner_{field}": partners, "plan": plan}
@@ -97,13 +98,12 @@ class PrepareEdit:
 
 
 def read_latent_rows(uri: str, storage_options: Mapping[str, Any], keys: frozenset | None) -> tuple[list, list, np.ndarray]:
-    """(keys, sources, W+ float32 [N, num_ws, style_dim]) of an inversion output file, or only ``keys``."""
+    """(keys, sources, W+ float32 [N, num_ws, style_dim]) of an inversion output file (of either layout,
+    ``store.latent_codes``), or only ``keys``."""
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=["key", "source", LATENT_COLUMN])
     if keys is not None:
         table = table.filter(pc.is_in(table.column("key"), pa.array(sorted(keys), pa.string())))
-    column = table.column(LATENT_COLUMN).combine_chunks()
-    shape = column.type.shape
-    codes = column.to_numpy_ndarray().astype(np.float32) if len(table) else np.zeros((0, *shape), np.float32)
+    codes = latent_codes(table).astype(np.float32)
     return table.column("key").to_pylist(), table.column("source").to_pylist(), codes

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from pipeline.core.decode import DecodeImages
 from pipeline.core.errors import PreflightError
 from pipeline.core.job import Checked, JobKind, Plan, Work, input_args, register
 from pipeline.core.model_steps import invert_images
 from pipeline.core.payloads import join_rows, part_of_rows
 from pipeline.core.spec import JobSpec
 from pipeline.inversion.spec import InversionSpec
-from pipeline.inversion.steps import DecodeImages, WriteLatents
+from pipeline.inversion.steps import WriteLatents
 
 
 class InversionJob(JobKind):

@@ -1,27 +1,13 @@
-"""The inversion job's CPU steps: decoding a shard's images before the model, committing its W+ codes after.
-Workers running them never import torch or the model code."""
+"""The inversion job's write step on CPU workers: committing a shard's W+ codes (its images are decoded
+by ``pipeline.core.decode.DecodeImages``). Workers running it never import torch or the model code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-from pipeline.core.decode import decode_shard
 from pipeline.core.payloads import Prepared, Provenance, ShardStats
 from pipeline.core.shards import Shard, shard_inputs
 from pipeline.core.store import OutputStore, latent_table
-
-
-@dataclass(frozen=True)
-class DecodeImages:
-    """Read and decode a shard's images: (keys, sources, rejects), uint8 RGB [N, size, size, 3]."""
-
-    size: int
-    input_spec: Mapping[str, Any]
-
-    def __call__(self, shard: Shard, only: frozenset | None) -> tuple[Prepared, Any]:
-        decoded = decode_shard(shard, self.size, self.input_spec, only)
-        return Prepared(decoded.keys, decoded.sources, decoded.rejects), decoded.images
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class RestoreTaskSpec(_Strict):
         task = restoration_task(self.name)
         stray = sorted((self.model_fields_set & set(PARAMETERS)) - set(task.parameters))
         if stray:
-            raise ValueError(f"{', '.join(stray)} do(es) not apply to task {self.name}")
+            raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to task {self.name}")
         missing = [p for p in task.needed_to_evaluate if getattr(self, p) is None]
         if self.evaluate and missing:
             raise ValueError(f"{self.name} with evaluate needs a {missing[0]} (the degradation to undo)")

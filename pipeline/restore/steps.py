@@ -37,7 +37,9 @@ class PrepareRestore:
             inputs = np.stack(degraded) if degraded else decoded.images
             payload = {"inputs": inputs, "clean": decoded.images}
             previews = [[clean, bad] for clean, bad in zip(decoded.images[: self.preview_rows], inputs)]
+            titles = ("clean", "degraded")
         else:
             payload = {"inputs": decoded.images}
             previews = [[image] for image in decoded.images[: self.preview_rows]]
-        return Prepared(decoded.keys, decoded.sources, decoded.rejects, rows, previews), payload
+            titles = ("input",)
+        return Prepared(decoded.keys, decoded.sources, decoded.rejects, rows, previews, titles), payload

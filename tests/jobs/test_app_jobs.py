@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from datasets import make_image_folder, png_bytes
 from engines import load_inverter
@@ -23,6 +23,8 @@ from jobs.cli import EXIT_BAD_SPEC, EXIT_OK
 from operators.edits import paste_center
 from operators.images import images_to_tensor, tensor_to_images
 from operators.metrics import psnr, ssim
+from pipeline.core.images import LABEL_COLOUR, LABEL_HEIGHT
+from pipeline.core.store import latent_codes
 from pipeline.restore.tasks import degrade
 
 RESOURCES = {"batch_size": 4}
@@ -51,7 +53,7 @@ def read_rows(uri: str, storage_options=None) -> dict:
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     tables = [pq.read_table(fs.open(p, "rb")) for p in sorted(fs.glob(f"{root}/shard-*.parquet"))]
     rows = {name: [v for t in tables for v in t.column(name).to_pylist()] for name in tables[0].column_names if name != "w_plus"}
-    rows["w_plus"] = np.concatenate([t.column("w_plus").combine_chunks().to_numpy_ndarray() for t in tables])
+    rows["w_plus"] = np.concatenate([latent_codes(t) for t in tables])
     return rows
 
 
@@ -62,6 +64,12 @@ def read_png(uri: str, storage_options=None) -> np.ndarray:
 
 def decoded(folder: Path, key: str) -> np.ndarray:
     return np.asarray(Image.open(folder / key).convert("RGB"))
+
+
+def metric_statistics(values: list[float]) -> dict:
+    array = np.array(values)
+    return {"count": len(array), "mean": float(np.mean(array)), "std": float(np.std(array)),
+            "median": float(np.median(array)), "p5": float(np.percentile(array, 5)), "p95": float(np.percentile(array, 95))}
 
 
 def test_restore_evaluate_scores_match_the_written_images_and_reruns_do_only_new_shards(ray_local, models, tmp_path, capsys):
@@ -77,9 +85,17 @@ def test_restore_evaluate_scores_match_the_written_images_and_reruns_do_only_new
     }
     path = write_spec(tmp_path / "restore.yaml", spec)
     assert restore.main([str(path), "--no-progress"]) == EXIT_OK
-    assert "succeeded: 5 of 6 records restored, 1 rejected" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "succeeded: 5 of 6 records restored, 1 rejected" in summary
+    assert "6 records processed this run" in summary and "\nrejected by reason:\n  1  empty file\n" in summary
 
     rows = read_rows(str(out))
+    # Each metric's statistics, in the summary and the manifest, are numpy's over the rows' column.
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["rejected_by_reason"] == {"empty file": 1}
+    assert manifest["metrics"] == {name: metric_statistics(rows[name]) for name in ("degraded_psnr", "psnr", "ssim")}
+    psnr_line = ", ".join(f"{k} {manifest['metrics']['psnr'][k]:.4g}" for k in ("mean", "std", "median", "p5", "p95"))
+    assert f"\npsnr over 5 images: {psnr_line}\n" in summary
     assert rows["key"] == keys and set(rows["task"]) == {"super_resolution"}
     assert json.loads(rows["params"][0]) == {"evaluate": True, "factor": 2, "seed": 7}
     inverter = load_inverter(str(models["super_resolution"]))
@@ -89,15 +105,26 @@ def test_restore_evaluate_scores_match_the_written_images_and_reruns_do_only_new
         codes = inverter.invert(images_to_tensor(low))
         np.testing.assert_allclose(rows["w_plus"][i], codes[0].numpy(), rtol=0, atol=1e-5)
         written = read_png(rows["image"][i])  # PNG is lossless: the scores are of exactly these pixels
-        assert rows["image"][i] == f"{out}/images/{'shard-00000' if i < 3 else 'shard-00001'}/{key[:-4]}.png"
+        assert rows["image"][i] == f"{out}/_images/{'shard-00000' if i < 3 else 'shard-00001'}/{key[:-4]}.png"
         unit = lambda a: torch.as_tensor(a).permute(2, 0, 1)[None].double() / 255  # noqa: E731
         assert rows["psnr"][i] == pytest.approx(psnr(unit(clean), unit(written)).item(), abs=1e-9)
         assert rows["ssim"][i] == pytest.approx(ssim(unit(clean), unit(written)).item(), abs=1e-9)
         assert rows["degraded_psnr"][i] == pytest.approx(psnr(unit(clean), unit(low)).item(), abs=1e-9)
         restored = tensor_to_images(inverter.synthesize(codes))[0].numpy()
         assert np.abs(written.astype(int) - restored).max() <= 1
-    sheet = Image.open(out / "_contact_sheet.png")
-    assert sheet.size == (4 + 3 * 132, 4 + 4 * 132)  # clean | degraded | restored, the first 4 records
+    sheet = np.asarray(Image.open(out / "_contact_sheet.png").convert("RGB"))
+    # key | clean | degraded | restored, the first 4 records, each row under a strip of titles
+    assert sheet.shape == (4 + 4 * (LABEL_HEIGHT + 132), 4 + 132 + 3 * 132, 3)
+    row, left = LABEL_HEIGHT + 132, 4 + 132
+    for r in range(4):
+        top = 4 + r * row
+        assert (sheet[top : top + 12, 4 : left - 4] != 255).any()  # the key
+        for c in range(3):  # the titles
+            assert (sheet[top : top + LABEL_HEIGHT, left + c * 132 : left + c * 132 + 128] != 255).any()
+    # The sheet is the shards' previews stacked, cut between rows: 3 records from the first, 1 from the second.
+    first, second = (np.asarray(Image.open(out / "_previews" / f"shard-0000{i}.png").convert("RGB")) for i in (0, 1))
+    np.testing.assert_array_equal(sheet[: 4 + 3 * row], first[: 4 + 3 * row])
+    np.testing.assert_array_equal(sheet[4 + 3 * row :], second[4 : 4 + row])
 
     stats_before = {p.name: p.read_bytes() for p in (out / "_stats").iterdir()}
     assert restore.main([str(path), "--no-progress"]) == EXIT_OK
@@ -107,13 +134,19 @@ def test_restore_evaluate_scores_match_the_written_images_and_reruns_do_only_new
     assert restore.main([str(path), "--no-progress"]) == EXIT_OK
     report = capsys.readouterr().out
     assert "succeeded: 6 of 7 records restored" in report and "3 shards (2 already committed)" in report
+    assert "1 record processed this run" in report
+    # The totals of the resumed output add up from every shard's stats, the earlier ones' too.
+    rows = read_rows(str(out))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["metrics"] == {name: metric_statistics(rows[name]) for name in ("degraded_psnr", "psnr", "ssim")}
+    assert manifest["metrics"]["psnr"]["count"] == 6 and manifest["rejected_by_reason"] == {"empty file": 1}
     assert {p.name: p.read_bytes() for p in (out / "_stats").iterdir() if p.name in stats_before} == stats_before
     assert json.loads((out / "_stats" / "shard-00002.json").read_text())["inputs"] == ["c/new.png"]
     assert restore.main([str(path), "--verify"]) == EXIT_OK
 
-    (out / "images" / "shard-00000" / "a" / "img_000.png").unlink()
+    (out / "_images" / "shard-00000" / "a" / "img_000.png").unlink()
     assert restore.main([str(path), "--verify"]) == 1
-    assert "1 image(s) named by rows are missing: 'a/img_000.png'" in capsys.readouterr().out
+    assert "1 image named by rows but not there: '_images/shard-00000/a/img_000.png'" in capsys.readouterr().out
 
 
 def test_restore_of_users_degraded_images(ray_local, models, tmp_path):
@@ -139,7 +172,7 @@ def test_restore_of_users_degraded_images(ray_local, models, tmp_path):
     [
         ("inversion", {"name": "denoise"}, r"model\.checkpoint: .*inversion\.pt was trained for inversion \(its opts\['dataset_type'\] is 'ffhq_encode'\); task denoise needs a 'ffhq_denoise' checkpoint"),
         ("colorization", {"name": "deblur"}, r"task\.name: Input should be 'colorization', 'denoise', 'inpainting' or 'super_resolution'"),
-        ("colorization", {"name": "colorization", "factor": 4}, r"task: Value error, factor do\(es\) not apply to task colorization"),
+        ("colorization", {"name": "colorization", "factor": 4}, r"task: Value error, factor does not apply to task colorization"),
         ("super_resolution", {"name": "super_resolution", "evaluate": True}, r"super_resolution with evaluate needs a factor"),
         ("super_resolution", {"name": "super_resolution", "evaluate": True, "factor": 3}, r"task\.factor: 3 cannot downsample the model's 32 px images"),
     ],
@@ -182,7 +215,7 @@ def test_translate_label_maps_on_object_storage(ray_local, s3_server, models, tm
     assert translate.main([str(spec), "--no-progress"]) == EXIT_OK
     rows = read_rows("s3://faces-out/run/", options)
     assert rows["key"] == ["0.png", "1.png"]
-    assert rows["image"] == ["s3://faces-out/run/images/shard-00000/0.png", "s3://faces-out/run/images/shard-00000/1.png"]
+    assert rows["image"] == ["s3://faces-out/run/_images/shard-00000/0.png", "s3://faces-out/run/_images/shard-00000/1.png"]
     rejects = pq.read_table(s3.open("faces-out/run/_rejects/shard-00000.parquet", "rb")).to_pylist()
     assert [(r["key"], r["error"]) for r in rejects] == [("2.png", "label map holds label 24, outside 0..18")]
     # 1.png is 64 px: resized by nearest neighbour, so its one-hot input is exactly 0.png's kind of map
@@ -248,7 +281,7 @@ def test_direction_edits_from_stored_latents(ray_local, models, latents, tmp_pat
     moved = rows["w_plus"][1::2] - original
     np.testing.assert_allclose(moved[:, :8], np.broadcast_to(2.5 * direction[:8], moved[:, :8].shape), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(moved[:, 8:], 0)  # the official edits leave layers 8 and up alone
-    assert rows["image"][1].endswith("images/shard-00000/a/img_000.s+2.5.png")
+    assert rows["image"][1] == f"{tmp_path}/out/_images/shard-00000/a/img_000.s+2.5.png"
     generator = load_inverter(str(models["inversion"]), stages=1)
     np.testing.assert_array_equal(
         read_png(rows["image"][1]), tensor_to_images(generator.synthesize(torch.as_tensor(rows["w_plus"][1:2])))[0].numpy()
@@ -274,6 +307,11 @@ def test_mixing_and_interpolation_take_exactly_the_named_layers_and_endpoints(ra
     assert edit.main([str(spec), "--no-progress"]) == EXIT_OK
     rows = read_rows(str(tmp_path / "i" / "out"))
     assert sorted(set(rows["key"])) == sorted([keys[0], keys[3]]) and len(rows["key"]) == 10
+    # Image names: each key without its extension, the partner's too (its '/' replaced within the name).
+    assert (keys[0], keys[4]) == ("a/img_000.png", "b/img_003.png")
+    assert [uri.rsplit("/_images/", 1)[1] for uri, k in zip(rows["image"], rows["key"]) if k == keys[0]] == [
+        f"shard-00000/a/img_000.to-b_img_003-{k}.png" for k in range(5)
+    ]
     for start, end in pairs:
         path = rows["w_plus"][[i for i, k in enumerate(rows["key"]) if k == start]]
         np.testing.assert_array_equal(path[0], original[start])
@@ -292,6 +330,14 @@ def test_face_swap_inverts_the_pasted_image(ray_local, models, latents, tmp_path
     rows = read_rows(str(tmp_path / "out"))
     assert rows["key"] == [keys[3], keys[3]]
     assert [json.loads(p)["source"] for p in rows["params"]] == [keys[1], keys[4]]
+    # The preview names its columns: what was pasted where, then the swapped face under its variant.
+    preview = np.asarray(Image.open(tmp_path / "out" / "_previews" / "shard-00001.png").convert("RGB"))
+    titles = Image.new("RGB", (preview.shape[1], LABEL_HEIGHT), "white")
+    draw, font = ImageDraw.Draw(titles), ImageFont.load_default_imagefont()
+    for column, title in enumerate(["target", "source", "pasted", f"from-{keys[1]}", f"from-{keys[4]}"]):
+        left = 4 + 128 + 4 + column * 132
+        draw.text((left + (128 - font.getlength(title)) // 2, 1), title, fill=LABEL_COLOUR, font=font)
+    np.testing.assert_array_equal(preview[4 : 4 + LABEL_HEIGHT, 4 + 128 :], np.asarray(titles)[:, 4 + 128 :])
     inverter = load_inverter(str(models["inversion"]), stages=1)
     for row, source in enumerate((keys[1], keys[4])):
         pasted = paste_center(images_to_tensor(decoded(folder, source)), images_to_tensor(decoded(folder, keys[3])))
@@ -316,7 +362,7 @@ def test_edits_on_the_fly_match_stored_latents(ray_local, models, latents, tmp_p
         ({"kind": "mixing", "styles": ["a/img_000.png"]}, r"edit\.layers: none given, and the default \(10 to the last\) is empty for 10 W\+ layers"),
         ({"kind": "interpolation", "pairs": [["a/img_000.png", "z/missing.png"]]}, r"edit\.pairs\[0\]\[1\]: key 'z/missing\.png' is not in the input"),
         ({"kind": "warp"}, r"edit\.kind: Input should be 'direction', 'mixing', 'interpolation' or 'face_swap'"),
-        ({"kind": "mixing", "styles": ["a/img_000.png"], "steps": 3}, r"edit: Value error, steps do\(es\) not apply to kind mixing"),
+        ({"kind": "mixing", "styles": ["a/img_000.png"], "steps": 3}, r"edit: Value error, steps does not apply to kind mixing"),
         ({"kind": "face_swap", "pairs": [["a/img_000.png", "b/img_001.png"]]}, r"face_swap pastes image parts, so it needs input\.uri"),
     ],
 )

@@ -1,11 +1,13 @@
 """Parts of the application jobs that need no Ray: direction files, output names, evaluation inputs."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from engines.directions import DirectionError, load_direction
-from pipeline.core.images import image_name, safe_name
+from pipeline.core.images import image_name, output_names, safe_name
 from pipeline.restore.steps import PrepareRestore
 from pipeline.core.shards import Record, Shard
 from pipeline.restore.tasks import degrade
@@ -42,7 +44,36 @@ def test_output_names_stay_inside_their_folder():
     assert safe_name("..") == "_"
     assert image_name("a/img_000.PNG", "", "jpeg") == "a/img_000.jpg"
     assert image_name("tar/sample7", "s-2.5", "webp") == "tar/sample7.s-2.5.webp"
-    assert image_name("a/b.png", "mix-c/d.png", "png") == "a/b.mix-c_d.png.png"
+    # The keys a variant names lose their extensions too, as the record's own key does.
+    assert image_name("a/b.png", "mix-c/d.png", "png") == "a/b.mix-c_d.png"
+    assert image_name("face_00.png", "to-face_05.png-0", "png") == "face_00.to-face_05-0.png"
+    assert image_name("face_04.JPEG", "from-face_00.webp", "jpeg") == "face_04.from-face_00.jpg"
+    assert image_name("face.jpg", "s+1", "png", keep_extension=True, tag="0a1b2c3d") == "face-jpg.s+1-0a1b2c3d.png"
+
+
+def test_output_names_of_keys_that_differ_only_in_extension_or_replaced_characters_stay_unique():
+    keys = ["face.jpg", "face.png", "a b.png", "a_b.png", "x/y.webp"]
+    rows = [(r, variant, {}) for r in range(len(keys)) for variant in ("s-1", "s+1")]
+    names, problems = output_names(rows, keys, "png", set(), 40)
+    tag = lambda key, variant: hashlib.sha256(f"{key}\n{variant}".encode()).hexdigest()[:8]  # noqa: E731
+    assert problems == {}
+    assert names == [
+        "face-jpg.s-1.png", "face-jpg.s+1.png", "face-png.s-1.png", "face-png.s+1.png",  # extensions kept apart
+        "a_b.s-1.png", "a_b.s+1.png", f"a_b.s-1-{tag('a_b.png', 's-1')}.png", f"a_b.s+1-{tag('a_b.png', 's+1')}.png",
+        "x/y.s-1.png", "x/y.s+1.png",
+    ]
+    assert len(set(names)) == len(names)
+    # Two partners of one record that differ only in extension (an interpolation towards both).
+    rows = [(0, "to-face_05.png-0", {}), (0, "to-face_05.jpg-0", {})]
+    names, problems = output_names(rows, ["face_00.png"], "png", set(), 40)
+    assert names == ["face_00.to-face_05-0.png", f"face_00.to-face_05-0-{tag('face_00.png', 'to-face_05.jpg-0')}.png"]
+    # A retry: the name the shard's earlier images hold is taken, so the recovered record's gets the hash.
+    names, problems = output_names([(0, "", {})], ["face.jpg"], "png", {"face.png"}, 40)
+    assert names == [f"face-{tag('face.jpg', '')}.png"] and problems == {}
+    # The same key and variant a third time cannot be told apart, even by the hash: the record is refused.
+    names, problems = output_names([(0, "s+1", {})] * 3, ["k.png"], "png", set(), 40)
+    assert names == [None] * 3 and problems == {0: "output name " + repr(f"k.s+1-{tag('k.png', 's+1')}.png")
+                                                + " is taken by another row of the same key and variant"}
 
 
 def test_evaluation_inputs_are_degraded_per_key(tmp_path):

@@ -1,6 +1,7 @@
 """The parts that keep a job from losing, duplicating or leaking data, without Ray: the output lease,
 what the job owns, where URIs point, redaction, retries of transient storage errors, unwritable names."""
 
+import hashlib
 import json
 import os
 import threading
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core import lock as lock_module
-from pipeline.core.images import image_name, unwritable_names
+from pipeline.core.images import output_names
 from pipeline.core.lock import LockHeld, LockLost, RunLock, check_fence, read_leases
 from pipeline.core.secrets import redact_text, redact_uri, spec_secrets
 from pipeline.core.store import OutputStore, latent_table
@@ -161,8 +162,9 @@ def test_cleanup_and_clear_remove_only_what_the_job_recorded(tmp_path):
     users = {
         "shard-list.txt": b"mine",
         "shard-00007.parquet": b"not the job's",
-        "images/holiday.png": b"mine too",
-        "images/shard-00003/a.png": b"a folder named like the job's",
+        "_images/holiday.png": b"mine too",
+        "_images/shard-00003/a.png": b"a folder named like the job's",
+        "images/shard-00000/a.png": b"a folder named like the job's before it used _images",
         "_rejects/notes.txt": b"mine",
         "_tmp/keep.txt": b"mine",
     }
@@ -172,10 +174,10 @@ def test_cleanup_and_clear_remove_only_what_the_job_recorded(tmp_path):
     (out / "_tmp" / "0123.partial").write_bytes(b"a crashed atomic write")
 
     assert store.remove_uncommitted() == ["shard-00001"]
-    assert not (out / "shard-00001.parquet").exists() and not (out / "images" / "shard-00001").exists()
+    assert not (out / "shard-00001.parquet").exists() and not (out / "_images" / "shard-00001").exists()
     assert not (out / "_tmp" / "0123.partial").exists()
     assert store.unowned(["shard-00003", "shard-00007", "shard-00008"], store.committed()) == [
-        f"{store.root}/images/shard-00003", f"{store.root}/shard-00007.parquet"
+        f"{store.root}/_images/shard-00003", f"{store.root}/shard-00007.parquet"
     ]
     store.clear()
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -190,9 +192,9 @@ def test_clear_finds_the_files_of_shards_committed_before_records_existed(tmp_pa
     store.write_shard("shard-00000", table, [("c", "s", "e")], 10, time.time(), {"inputs": ["a", "c"]},
                       images={"a/b.png": b"png"}, preview=b"p", preview_rows=1)
     (out / "_files" / "shard-00000.json").unlink()  # as an older version left it
-    (out / "images" / "other.png").write_bytes(b"user")
+    (out / "_images" / "other.png").write_bytes(b"user")
     store.clear()
-    assert [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] == ["images/other.png"]
+    assert [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] == ["_images/other.png"]
 
 
 def test_redaction_of_urls_and_option_values():
@@ -258,13 +260,17 @@ def test_transient_storage_errors_are_retried_with_backoff_and_others_are_not():
 def test_unwritable_output_names_become_reasons_per_record():
     keys = ["a b.png", "a_b.png", "x" * 300 + ".png", "ok.png", "deep/" * 250 + "z.png"]
     rows = [(r, variant, {}) for r in range(len(keys)) for variant in ("s-1", "s+1")]
-    names = [image_name(keys[r], v, "png") for r, v, _ in rows]
-    problems = unwritable_names(rows, names, keys, taken={"ok.s+1.png"}, folder_bytes=40)
-    assert set(problems) == {1, 2, 3, 4}
-    assert "output name 'a_b.s-1.png' is also that of record 'a b.png'" in problems[1]
+    names, problems = output_names(rows, keys, "png", taken={"ok.s+1.png"}, folder_bytes=40)
+    assert set(problems) == {2, 4}
     assert "too long (308 bytes in one name, at most 255" in problems[2]
-    assert "is also that of a record committed earlier" in problems[3]
     assert "in the path, at most 1024" in problems[4]
+    assert [n is None for n in names] == [r in problems for r, _, _ in rows]
+    # Names that collide get a hash instead of overwriting: a committed image, or another record's.
+    assert names[2] == "a_b.s-1-" + hashlib.sha256(b"a_b.png\ns-1").hexdigest()[:8] + ".png"
+    assert names[7] == "ok.s+1-" + hashlib.sha256(b"ok.png\ns+1").hexdigest()[:8] + ".png"
+    written = [n for n in names if n is not None]
+    assert len(set(written)) == len(written) and "ok.s+1.png" not in written
+    assert all(not n.startswith(("/", "..")) and "/../" not in n for n in written)
 
 
 def test_a_retry_of_an_image_shard_uncommits_it_before_replacing_any_image(tmp_path, monkeypatch):
@@ -288,9 +294,9 @@ def test_a_retry_of_an_image_shard_uncommits_it_before_replacing_any_image(tmp_p
         store.retry_rejects("shard-00000", rows(["b"]), [], 10, time.time(), images={"b.png": b"b"})
     assert seen[0] == ("uncommitted", ["b.png"])  # the shard was uncommitted before any image was touched
     assert "shard-00000" not in store.committed()
-    assert json.loads((out / "_files" / "shard-00000.json").read_text())["files"][-1] == "images/shard-00000/b.png"
+    assert json.loads((out / "_files" / "shard-00000.json").read_text())["files"][-1] == "_images/shard-00000/b.png"
     assert store.remove_uncommitted() == ["shard-00000"]  # the next run redoes it whole
-    assert not (out / "images").exists() or not any((out / "images").rglob("*.png"))
+    assert not (out / "_images").exists() or not any((out / "_images").rglob("*.png"))
 
 
 def test_cleanup_on_object_storage_removes_recorded_files_in_bulk_and_keeps_the_users(output):
@@ -300,10 +306,10 @@ def test_cleanup_on_object_storage_removes_recorded_files_in_bulk_and_keeps_the_
     table = image_rows(store, {"a": "a.png"})
     store.write_shard("shard-00000", table, [], 10, time.time(), {"inputs": ["a"]}, images={"a.png": b"1", "b/c.png": b"2"})
     store.uncommit("shard-00000")
-    fs.pipe_file(f"{root}/images/shard-00000/user.png", b"the user's")  # inside a folder named like the job's
+    fs.pipe_file(f"{root}/_images/shard-00000/user.png", b"the user's")  # inside a folder named like the job's
     fs.pipe_file(f"{root}/shard-00001.parquet", b"the user's too")
     assert store.unowned(["shard-00000", "shard-00001"], store.committed()) == [store.data_path("shard-00001")]
     assert store.remove_uncommitted() == ["shard-00000"]
     fs.invalidate_cache()
     left = sorted(p[len(root) + 1 :] for p in fs.find(root))
-    assert left == ["images/shard-00000/user.png", "shard-00001.parquet"]
+    assert left == ["_images/shard-00000/user.png", "shard-00001.parquet"]

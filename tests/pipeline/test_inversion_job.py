@@ -18,6 +18,7 @@ from pipeline.core.job import Work
 from pipeline.inversion.job import INVERSION, InversionJob
 from pipeline.core.preflight import plan_job
 from pipeline.core.schedule import run_plan
+from pipeline.core.store import latent_codes
 from runs import run_inversion
 from pipeline.inversion.spec import InversionSpec
 
@@ -43,7 +44,7 @@ def read_output(uri, storage_options=None):
             table = pq.read_table(f)
         keys += table.column("key").to_pylist()
         sources += table.column("source").to_pylist()
-        codes.append(table.column("w_plus").combine_chunks().to_numpy_ndarray())
+        codes.append(latent_codes(table))
     for path in sorted(fs.glob(f"{root.rstrip('/')}/_rejects/*.parquet")):
         with fs.open(path, "rb") as f:
             rejects += pq.read_table(f).column("key").to_pylist()
@@ -64,6 +65,12 @@ def test_end_to_end_with_bad_records(ray_local, tiny_checkpoint, tmp_path):
     assert (report.records, report.written, report.rejected, report.shards, report.succeeded) == (17, 11, 6, 5, True)
     assert 0 < report.first_commit_seconds <= report.seconds
     assert f", first shard committed after {report.first_commit_seconds:.1f} s" in report.summary().splitlines()[1]
+    reasons = {"cannot decode image": 1, "cannot decode image: OSError": 1, "empty file": 1,
+               "image is NxN, expected NxN": 1, "image mode is L, expected RGB": 1, "image mode is RGBA, expected RGB": 1}
+    assert report.reject_reasons == reasons and report.processed == 17
+    assert report.summary().splitlines()[2:9] == ["rejected by reason:", *(f"  1  {reason}" for reason in reasons)]
+    committed = [json.loads(p.read_text()) for p in sorted((out / "_stats").glob("*.json"))]
+    assert sum(sum(s["reject_reasons"].values()) for s in committed) == 6 and not any("metrics" in s for s in committed)
 
     keys, sources, codes, rejects = read_output(str(out))
     assert keys == good  # every good record exactly once, in order
@@ -81,6 +88,7 @@ def test_end_to_end_with_bad_records(ray_local, tiny_checkpoint, tmp_path):
     assert [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 1]
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["records"], manifest["written"], manifest["rejected"], manifest["shards"]) == (17, 11, 6, 5)
+    assert manifest["rejected_by_reason"] == reasons and "metrics" not in manifest
     assert not list((out / "_tmp").glob("*"))
 
 
@@ -111,8 +119,19 @@ def test_output_of_another_model_is_refused(ray_local, tiny_checkpoint, tmp_path
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     one_stage = make_spec(str(folder), tiny_checkpoint, str(out), model={"stages": 1})
-    with pytest.raises(PreflightError, match="holds output of a different stages .*2.*1.*--overwrite"):
+    with pytest.raises(PreflightError) as refused:
         plan_job(one_stage, INVERSION)
+    assert str(refused.value) == (  # the provenance's stages repeat model.stages: told once
+        f"output.uri: {out} holds output that this spec would make differently:\n"
+        "  model.stages: 2 there, 1 in this spec\n"
+        "rerun with --overwrite to replace it, choose another output.uri, or set these back to resume it"
+    )
+    changed = make_spec(str(folder), tiny_checkpoint, str(out), input={"resize": True}, output={"latent_dtype": "float16"})
+    with pytest.raises(PreflightError) as refused:
+        plan_job(changed, INVERSION)
+    assert str(refused.value).splitlines()[1:3] == [
+        "  input.resize: false there, true in this spec", '  output.latent_dtype: "float32" there, "float16" in this spec'
+    ]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # refusals wrote nothing
 
     report = run_inversion(one_stage, overwrite=True, show_progress=False)
@@ -136,6 +155,10 @@ def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoin
     (folder / "c" / "new.png").write_bytes(png_bytes(51))
     report = run_inversion(spec, show_progress=False)
     assert (report.shards, report.shards_skipped, report.records, report.written) == (3, 2, 7, 7)
+    rate = 2 / report.seconds  # the rate counts the 2 records read now, not the 5 committed before
+    assert report.processed == 2 and report.summary().splitlines()[1].startswith(
+        f"time {report.seconds:.1f} s, 2 records processed this run ({rate:.1f} records/s)"
+    )
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet") if p.name in before} == before
     keys, _, codes, _ = read_output(str(out))
     assert keys == first + ["a/img_0005.png", "c/new.png"]
@@ -146,10 +169,11 @@ def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoin
     # Input deleted after it was inverted (say, by a bucket lifecycle rule): the output is kept.
     (folder / first[0]).unlink()
     report = run_inversion(spec, show_progress=False)
-    assert (report.shards_skipped, report.gone, report.written) == (3, 1, 7)
-    assert "1 committed shard(s) read input that is no longer listed; their output is kept" in report.summary()
+    assert (report.shards_skipped, report.gone, report.written, report.processed) == (3, 1, 7, 0)
+    assert report.summary().splitlines()[1] == f"time {report.seconds:.1f} s, no records to process this run"
+    assert "1 committed shard read input that is no longer listed; its output is kept" in report.summary()
     verified = verify_output(spec, INVERSION)
-    assert verified.ok and "1 committed shard(s) read input that is no longer listed: 'shard-00000'" in verified.summary()
+    assert verified.ok and "1 committed shard that read input no longer listed: 'shard-00000'" in verified.summary()
 
 
 def test_a_rewritten_webdataset_shard_is_refused(ray_local, tiny_checkpoint, tmp_path):

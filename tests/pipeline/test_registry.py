@@ -3,11 +3,13 @@
 import pytest
 
 import jobs.edit
+import jobs.evaluate
 import jobs.invert_dataset
 import jobs.restore
 import jobs.translate  # noqa: F401  (each command's module registers its job)
 from pipeline.core.job import JOBS, JobKind, job_kind, register
 from pipeline.edit.spec import EditSpec
+from pipeline.evaluate.spec import EvaluateSpec
 from pipeline.inversion.spec import InversionSpec
 from pipeline.restore.spec import RestoreSpec
 from pipeline.translate.spec import TranslateSpec
@@ -16,13 +18,14 @@ from pipeline.translate.spec import TranslateSpec
 def test_every_job_is_registered_with_its_spec():
     assert {name: kind.spec_class for name, kind in JOBS.items()} == {
         "inversion": InversionSpec, "restore": RestoreSpec, "translate": TranslateSpec, "edit": EditSpec,
+        "evaluate": EvaluateSpec,
     }
     assert job_kind("edit") is JOBS["edit"]
 
 
 def test_an_unknown_or_second_job_of_a_name_is_refused():
-    with pytest.raises(ValueError, match="unknown job 'evaluate'; known: edit, inversion, restore, translate"):
-        job_kind("evaluate")
+    with pytest.raises(ValueError, match="unknown job 'train'; known: edit, evaluate, inversion, restore, translate"):
+        job_kind("train")
 
     class Again(JobKind):
         name = "restore"
@@ -77,7 +80,7 @@ def test_the_edit_kinds_are_what_the_spec_accepts_and_each_says_its_rows():
     assert edit_kind("direction").outputs(direction, "x") == [("s-1", None, -1), ("s+2.5", None, 2.5)]
     assert list(edit_kind("direction").default_layers(18)) == list(range(8))
     assert list(edit_kind("mixing").default_layers(18)) == list(range(10, 18))
-    with pytest.raises(ValueError, match="steps do\\(es\\) not apply to kind mixing"):
+    with pytest.raises(ValueError, match="steps does not apply to kind mixing"):
         EditSectionSpec(kind="mixing", styles=["s"], steps=3)
 
 

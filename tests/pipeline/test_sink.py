@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.store import OutputStore, latent_table
+from pipeline.core.store import OutputStore, latent_codes, latent_table
 
 PROVENANCE = {"checkpoint": "m.pt", "stages": 2}
 
@@ -24,8 +24,10 @@ def test_float16_latents_round_to_half(tmp_path):
     store = OutputStore(str(tmp_path), {})
     write(store, dtype="float16")
     table = pq.read_table(tmp_path / "shard-00000.parquet")
-    assert table.schema.field("w_plus").type == pa.fixed_shape_tensor(pa.float16(), (10, 32))
-    np.testing.assert_array_equal(table.column("w_plus").combine_chunks().to_numpy_ndarray(), codes(3).astype(np.float16))
+    row = pa.list_(pa.field("element", pa.float16(), nullable=False), 32)
+    assert table.schema.field("w_plus").type == pa.list_(pa.field("element", row, nullable=False), 10)
+    np.testing.assert_array_equal(latent_codes(table), codes(3).astype(np.float16))
+    assert latent_codes(table).dtype == np.float16
 
 
 def test_a_shard_with_every_record_rejected_gets_an_empty_file(tmp_path):
@@ -77,7 +79,7 @@ def test_stats_round_trip_and_stats_of_older_versions_still_read():
 
     images = ShardStats("shard-00002", 3, 2, 1, "shard-00002.parquet", "_rejects/shard-00002.parquet", rows=4,
                         seconds=1.5, committed_at="2026-11-27T00:00:00Z", inputs=("a.png", "b.png", "c.png"),
-                        preview_rows=2, retries=1)
+                        preview_rows=2, retries=1, reject_reasons={"empty file": 1}, metrics={"psnr": [21.5, 30.25]})
     assert ShardStats.from_json(json.loads(json.dumps(images.to_json()))) == images
     assert images.read == {"inputs": ("a.png", "b.png", "c.png")}
     # A WebDataset shard committed before stats had keys, rows or previews (the fields a later version added).
@@ -86,6 +88,7 @@ def test_stats_round_trip_and_stats_of_older_versions_still_read():
            "version": "e1", "some_future_field": 1}
     stats = ShardStats.from_json(old)
     assert (stats.key, stats.rows, stats.preview_rows, stats.retries) == (None, 0, None, 0)
+    assert (stats.reject_reasons, stats.metrics) == (None, None)  # not counted then: totals read the rejects file
     assert stats.read == {"source": "s3://b/x.tar", "size": 10, "version": "e1"}
     assert "retries" not in stats.to_json() and "inputs" not in stats.to_json()
 

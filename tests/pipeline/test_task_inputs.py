@@ -2,10 +2,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from operators.degradations import triangle_mask
-from pipeline.core.images import contact_sheet, encode_image
+from pipeline.core.images import LABEL_COLOUR, LABEL_HEIGHT, contact_sheet, encode_image
 from pipeline.restore.tasks import degrade, record_seed
 from pipeline.translate.steps import segmentation_input, sketch_input
 
@@ -102,3 +102,42 @@ def test_image_encoding_and_contact_sheet():
     assert sheet.shape == (2 * 12 + 2, 2 * 12 + 2, 3)
     assert sheet[5, 5].tolist() == [255, 0, 0] and sheet[5, 17].tolist() == [0, 0, 255]
     assert sheet[17, 5].tolist() == [0, 0, 255] and sheet[17, 17].tolist() == [255, 255, 255]  # empty cell
+
+
+def test_contact_sheet_rows_carry_their_key_and_their_pictures_titles():
+    red, blue = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    labels = [("face_00.png", ["clean", "restored"]), ("a/very/long/key/\u9854.png", ["input"])]
+    tile, gap, key_width = 32, 2, 72  # 12 characters of the bitmap font a line
+    plain = np.asarray(Image.open(io.BytesIO(contact_sheet([[red, blue], [blue]], tile=tile, gap=gap))))
+    sheet = np.asarray(Image.open(io.BytesIO(
+        contact_sheet([[red, blue], [blue]], tile=tile, gap=gap, labels=labels, key_width=key_width)
+    )))
+    # Each row gains a title strip; the key column comes before the pictures.
+    assert plain.shape == (2 * 34 + 2, 2 * 34 + 2, 3)
+    assert sheet.shape == (plain.shape[0] + 2 * LABEL_HEIGHT, plain.shape[1] + key_width + gap, 3)
+    left, row = gap + key_width + gap, LABEL_HEIGHT + tile + gap
+    # The pictures sit under their titles, where the unlabelled sheet has them, shifted.
+    np.testing.assert_array_equal(sheet[gap + LABEL_HEIGHT : gap + LABEL_HEIGHT + tile, left : left + 2 * tile + gap],
+                                  plain[gap : gap + tile, gap : gap + 2 * tile + gap])
+    np.testing.assert_array_equal(sheet[gap + row + LABEL_HEIGHT : gap + row + LABEL_HEIGHT + tile, left : left + tile],
+                                  plain[gap + tile + gap : gap + 2 * tile + gap, gap : gap + tile])
+
+    def inked(top, bottom, x0, x1):
+        return int((sheet[top:bottom, x0:x1] != 255).any(axis=2).sum())
+
+    assert inked(gap, gap + LABEL_HEIGHT, left, left + tile) > 0  # "clean"
+    assert inked(gap, gap + LABEL_HEIGHT, left + tile + gap, left + 2 * tile + gap) > 0  # "restored"
+    assert inked(gap + row, gap + row + LABEL_HEIGHT, left + tile + gap, sheet.shape[1]) == 0  # no picture, no title
+    titles = sheet[gap : gap + LABEL_HEIGHT]
+    assert not np.array_equal(titles[:, left : left + tile], titles[:, left + tile + gap : left + 2 * tile + gap])
+    # Keys: the first fits one line; the second (21 characters) wraps onto a second, its CJK character as '?'.
+    line = 12
+    assert inked(gap, gap + line, gap, gap + key_width) > 0 and inked(gap + line, gap + row, gap, gap + key_width) == 0
+    assert inked(gap + row + line, gap + row + 2 * line, gap, gap + key_width) > 0
+    assert inked(gap + row + 2 * line, gap + 2 * row, gap, gap + key_width) == 0
+    font = ImageFont.load_default_imagefont()
+    for top, text in [(gap, "face_00.png"), (gap + row + line, "key/?.png")]:
+        expected = Image.new("RGB", (key_width, line), "white")
+        ImageDraw.Draw(expected).text((0, 1), text, fill=LABEL_COLOUR, font=font)
+        np.testing.assert_array_equal(sheet[top : top + line, gap : gap + key_width], np.asarray(expected))

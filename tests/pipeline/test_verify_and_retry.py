@@ -9,7 +9,7 @@ from datasets import bad_images, make_image_folder, png_bytes, write_tar
 from pipeline.core.decode import read_and_decode
 from runs import run_inversion
 from pipeline.core.shards import list_shards
-from pipeline.core.store import OutputStore, latent_table
+from pipeline.core.store import OutputStore, latent_codes, latent_table
 from pipeline.core.verify import VerifyError, verify_output
 from pipeline.inversion.job import INVERSION
 from test_inversion_job import direct_codes, make_spec, read_output
@@ -46,10 +46,10 @@ def test_verify_names_every_difference(inverted):
     spec, folder, out, good = inverted
     # shard 1: a latent row lost, and a NaN in another
     def drop_first_and_poison(table):
-        codes = table.column("w_plus").combine_chunks().to_numpy_ndarray()[1:].copy()
+        codes = latent_codes(table)[1:].copy()
         codes[0, 3, 5] = np.nan
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1] * codes.shape[2])
-        latents = pa.ExtensionArray.from_storage(table.schema.field("w_plus").type, storage)
+        keys = table.column("key")[1:].to_pylist()
+        latents = latent_table(keys, keys, codes, {}, "float32").column("w_plus")
         return pa.Table.from_arrays([table.column("key")[1:], table.column("source")[1:], latents], schema=table.schema)
 
     rewrite(out / "shard-00001.parquet", drop_first_and_poison)
@@ -70,28 +70,28 @@ def test_verify_names_every_difference(inverted):
     problems = {c.shard: c.problems for c in report.shards}
     assert problems["shard-00000"] == []
     assert problems["shard-00001"] == [
-        f"1 latent(s) not finite: {good[5]!r}",
-        f"1 record(s) with another number of rows than the job makes: {good[7]!r} ({good[7]!r} has 2, expected 1)",
-        f"1 record(s) missing from the output and the rejects: {good[4]!r}",
+        f"1 latent not finite: {good[5]!r}",
+        f"1 record with another number of rows than the job makes: {good[7]!r} ({good[7]!r} has 2, expected 1)",
+        f"1 record missing from the output and the rejects: {good[4]!r}",
         "stats say 4 written and 0 rejected, the files hold 3 and 0",
     ]
     assert problems["shard-00003"] == [
-        "1 record(s) more than once in the rejects: 'bad/corrupt.png'",
+        "1 record more than once in the rejects: 'bad/corrupt.png'",
         "stats say 0 written and 4 rejected, the files hold 0 and 5",
     ]
     assert problems["shard-00002"] == [
         "not committed (a data file without stats: a run was interrupted): 4 input records missing; run the job again"
     ]
     assert len(problems["shard-00004"]) == 1 and problems["shard-00004"][0].startswith("cannot read its output: FileNotFoundError")
-    assert report.problems == ["1 data file(s) for shards the input does not have: 'shard-00009.parquet'"]
-    assert "1 file(s) named like data files that the job did not write: 'shard-00010.parquet'" in report.notes
+    assert report.problems == ["1 data file for shards the input does not have: 'shard-00009.parquet'"]
+    assert "1 file named like data files that the job did not write: 'shard-00010.parquet'" in report.notes
     assert report.summary().startswith("verification FAILED: 5 shards, 17 input records;")
-    assert "9 difference(s)" in report.summary()
+    assert "; 9 differences:\n" in report.summary()
 
 
 def test_verify_refuses_output_of_another_spec(inverted, tmp_path):
     spec, _, _, _ = inverted
-    with pytest.raises(VerifyError, match="written from a different spec"):
+    with pytest.raises(VerifyError, match='written from a different spec:\n  output.latent_dtype: "float32" there, "float16" in this spec$'):
         verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"latent_dtype": "float16"})}), INVERSION)
     with pytest.raises(VerifyError, match=r"holds no inversion output \(no _job.json\)"):
         verify_output(spec.model_copy(update={"output": spec.output.model_copy(update={"uri": str(tmp_path / "x")})}), INVERSION)
@@ -106,7 +106,7 @@ def test_verify_reads_keys_inside_webdataset_shards(ray_local, tiny_checkpoint, 
     assert verify_output(spec, INVERSION).ok
     rewrite(tmp_path / "out" / "shard-00000.parquet", lambda t: t.slice(0, 1))
     check = verify_output(spec, INVERSION).shards[0]
-    assert check.problems[0] == "1 record(s) missing from the output and the rejects: '000.tar/x/3'"
+    assert check.problems[0] == "1 record missing from the output and the rejects: '000.tar/x/3'"
 
 
 def test_decoding_only_named_records(tmp_path):
