@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from typing import Any, Mapping
 
 from engines import CheckpointError, load_e2style
@@ -34,6 +35,7 @@ def plan_job(
     With ``retry_rejects`` the rejected records of committed shards are read and processed again.
     """
     check_disjoint(spec)
+    check_output_outlives_a_submitted_job(spec)
     try:
         listing = kind.list_input(spec)
     except PreflightError:
@@ -241,4 +243,20 @@ def engine_options(spec: JobSpec) -> EngineOptions:
         cache_storage_options=dict(e.cache_storage_options if e.cache_uri else spec.output.storage_options),
         gate=GateThresholds(e.gate.max_wplus_error, e.gate.min_psnr_db),
         gate_batch=e.gate.batch,
+    )
+
+
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the entrypoint of a `ray job submit`
+
+
+def check_output_outlives_a_submitted_job(spec: JobSpec, environ: Mapping[str, str] = os.environ) -> None:
+    """A job sent with `ray job submit` runs in a folder of Ray's (its copy of --working-dir, or the job
+    server's own), which Ray removes: a relative output path would put the output there and lose it."""
+    uri = spec.output.uri
+    if SUBMITTED_JOB_ENV not in environ or "://" in uri or os.path.isabs(uri):
+        return
+    raise PreflightError(
+        f"output.uri: {uri!r} is a relative path, and this job was submitted with `ray job submit`: it runs in "
+        f"a temporary folder of Ray's ({os.getcwd()}), which Ray deletes, so the output would be lost. "
+        "Give an absolute path or a URI (e.g. \"$PWD/outputs/...\" when writing the spec, or s3://...)"
     )

@@ -95,3 +95,28 @@ def test_the_sample_submitted_to_a_local_head(tmp_path, head_auth):
     faces = np.stack([decode_image((ROOT / "samples" / "faces" / k).read_bytes(), 32, True, False) for k in FACES])
     expected = load_inverter(str(into / "model" / "e2style-tiny-64-stage2.pt")).invert(images_to_tensor(faces.copy()))
     np.testing.assert_allclose(codes, expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_relative_output_in_a_submitted_job_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from pipeline.core.errors import PreflightError
+    from pipeline.core.preflight import check_output_outlives_a_submitted_job
+    from pipeline.inversion.spec import InversionSpec
+
+    def spec(output):
+        return InversionSpec.model_validate({"input": {"uri": "in/"}, "model": {"checkpoint": "m.pt"}, "output": {"uri": output}})
+
+    submitted = {"RAY_JOB_CONFIG_JSON_ENV_VAR": '{"runtime_env": {"working_dir": "gcs://_ray_pkg_0.zip"}, "metadata": {}}'}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PreflightError, match=rf"output.uri: 'outputs/latents/' is a relative path, and this job was "
+                                             rf"submitted with `ray job submit`: it runs in a temporary folder of Ray's \({re.escape(str(tmp_path))}\)"):
+        check_output_outlives_a_submitted_job(spec("outputs/latents/"), submitted)
+    for kept in (str(tmp_path / "out"), "s3://bucket/out/", "file:///data/out"):
+        check_output_outlives_a_submitted_job(spec(kept), submitted)
+    check_output_outlives_a_submitted_job(spec("outputs/latents/"), {})  # run from a shell: its own folder
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", submitted["RAY_JOB_CONFIG_JSON_ENV_VAR"])
+    from pipeline.core.preflight import plan_job
+    from pipeline.inversion.job import INVERSION
+
+    with pytest.raises(PreflightError, match="output.uri: 'outputs/latents/' is a relative path"):
+        plan_job(spec("outputs/latents/"), INVERSION)
+    assert not (tmp_path / "outputs").exists()
