@@ -13,6 +13,7 @@ from pipeline.core.decode import DecodeImages
 from pipeline.core.errors import PreflightError, reason
 from pipeline.core.job import Checked, JobKind, Plan, Work, check_task, input_args, register
 from pipeline.core.payloads import ShardStats, part_of_rows
+from pipeline.core.report import counted
 from pipeline.core.secrets import redact_uri
 from pipeline.evaluate.model import EvaluateModel, MetricWeights
 from pipeline.evaluate.report import REPORT_FILES, write_report
@@ -60,7 +61,7 @@ class EvaluateJob(JobKind):
         stages = spec.evaluate.stages or list(range(1, cfg.stages + 1))
         if stages[-1] > cfg.stages:
             raise PreflightError(
-                f"evaluate.stages: stage {stages[-1]} asked for, but the model runs {cfg.stages} stage(s) "
+                f"evaluate.stages: stage {stages[-1]} asked for, but the model runs {counted(cfg.stages, 'stage')} "
                 "(model.stages, or every stage the checkpoint holds)"
             )
         metrics = spec.metrics

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from operators.metric_nets import FeatureStatistics, fids_from_statistics
 from pipeline.core.job import Plan
 from pipeline.core.payloads import ShardStats
+from pipeline.core.report import counted
 from pipeline.core.secrets import redact_uri
 from pipeline.core.storage import join, write_atomically
 from pipeline.core.store import PREVIEW_GAP, PREVIEW_TILE, OutputStore
@@ -198,7 +199,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Evaluation of {report['checkpoint']}",
         "",
         f"- checkpoint: `{report['checkpoint']}`, sha256 `{report['checkpoint_sha256']}`; "
-        f"{report['model_stages']} stage(s), {report['image_size']} px",
+        f"{counted(report['model_stages'], 'stage')}, {report['image_size']} px",
         f"- images: {report['images']} evaluated, {report['rejected']} rejected"
         + (" (see `_rejects/`)" if report["rejected"] else ""),
         f"- engines: {', '.join(report['engines'])} (the job's engine: {report['engine']})",
