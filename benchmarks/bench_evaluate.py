@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from engines.metric_weights import random_metric_weights  # noqa: E402
 from operators.metric_nets import LPIPS, ArcFaceIRSE50, FIDInceptionV3  # noqa: E402
 from operators.metrics import l2, ms_ssim, psnr, ssim  # noqa: E402
+from pipeline.evaluate.model import device_name  # noqa: E402
 
 SIZE = 256
 
@@ -45,18 +46,6 @@ def seconds_per_call(fn, repeats: int, device: torch.device) -> float:
     with torch.inference_mode():
         timed()
         return statistics.median(timed() for _ in range(repeats))
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def network(module: torch.nn.Module, metric: str, device: torch.device, net: str = "alex") -> torch.nn.Module:
@@ -92,8 +81,7 @@ def main() -> None:
         ("MS-SSIM, 5 scales, float64", lambda: ms_ssim(x64, y64)),
         ("L2, float64", lambda: l2(x64, y64)),
     ]
-    threads = f", {args.threads} threads" if device.type == "cpu" else ""
-    print(f"# {device_name(device)}{threads}, torch {torch.__version__}, python {platform.python_version()}")
+    print(f"# {device_name(device)}, torch {torch.__version__}, python {platform.python_version()}")
     print(f"# {SIZE} px, batch {args.batch}, median of {args.repeats} calls after a warm-up")
     print("| metric | ms per batch | images/s |")
     print("|---|---|---|")
