@@ -4,8 +4,12 @@ end: ``pipeline.evaluate.report``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from engines import checkpoint_sha256
+from engines.directions import DirectionError, load_direction
 from engines.metric_weights import MetricWeightsError, load_metric_net
 from operators.e2style import E2Style, E2StyleConfig
 from operators.metrics import MS_SSIM_WEIGHTS
@@ -15,9 +19,9 @@ from pipeline.core.job import Checked, JobKind, Plan, Work, check_task, input_ar
 from pipeline.core.payloads import ShardStats, part_of_rows
 from pipeline.core.report import counted
 from pipeline.core.secrets import redact_uri
-from pipeline.evaluate.model import EvaluateModel, MetricWeights
+from pipeline.evaluate.model import EditDirection, EvaluateModel, MetricWeights
 from pipeline.evaluate.report import REPORT_FILES, write_report
-from pipeline.evaluate.spec import EvaluateSpec
+from pipeline.evaluate.spec import EditQualitySpec, EvaluateSpec
 from pipeline.evaluate.steps import RANKINGS, WriteEvaluation, join_evaluated
 
 MS_SSIM_MIN_SIZE = 11 * 2 ** (len(MS_SSIM_WEIGHTS) - 1)  # the 11x11 window at the coarsest of 5 scales
@@ -44,6 +48,14 @@ def parameter_counts(cfg: E2StyleConfig) -> dict[str, object]:
         "encoder_stored": [count(e) for e in encoders],
         "generator": count(model.decoder),
     }
+
+
+@dataclass(frozen=True)
+class EvaluateFindings:
+    """What the evaluation's checks found for its work."""
+
+    networks: tuple[MetricWeights, ...]  # where each network metric's weights are, with their sha256
+    edit: EditDirection | None  # evaluate.edit's direction as preflight loaded it, its layers resolved
 
 
 class EvaluateJob(JobKind):
@@ -78,10 +90,36 @@ class EvaluateJob(JobKind):
             "best_worst": spec.evaluate.best_worst,
             "networks": {n.metric: {"network": network, "sha256": n.sha256} for n, network in networks},
         }
+        edit = None
+        if spec.evaluate.edit is not None:
+            edit, evaluation["edit"] = self._edit(spec.evaluate.edit, cfg)
         return Checked(
             {"evaluation": evaluation, "parameters": parameter_counts(cfg)},
-            found=tuple(n for n, _ in networks),
+            found=EvaluateFindings(tuple(n for n, _ in networks), edit),
         )
+
+    def _edit(self, section: EditQualitySpec, cfg) -> tuple[EditDirection, dict]:
+        """evaluate.edit's direction loaded and checked against the generator (as the edit job loads its
+        own), its layers resolved, and what the provenance records of it."""
+        num_ws = cfg.num_ws
+        try:
+            direction = load_direction(section.direction, num_ws, cfg.style_dim, section.direction_storage_options)
+            sha256 = checkpoint_sha256(section.direction, section.direction_storage_options)
+        except (DirectionError, ValueError) as e:
+            raise PreflightError(f"evaluate.edit.direction: {e}") from e
+        except Exception as e:
+            where = redact_uri(section.direction)
+            raise PreflightError(f"evaluate.edit.direction: cannot read {where}: {reason(e)}") from e
+        # The edit job's default for a direction: the official edits move the coarse layers 0-7.
+        layers = tuple(section.layers if section.layers is not None else range(min(8, num_ws)))
+        outside = [layer for layer in layers if layer >= num_ws]
+        if outside:
+            raise PreflightError(
+                f"evaluate.edit.layers: {outside} outside 0..{num_ws - 1} (this generator has {num_ws} W+ layers)"
+            )
+        strengths = tuple(section.strengths)
+        recorded = {"direction_sha256": sha256, "strengths": list(strengths), "layers": list(layers)}
+        return EditDirection(direction, strengths, layers), recorded
 
     def _network(self, spec: EvaluateSpec, metric: str) -> tuple[MetricWeights, str]:
         """Load a network metric's weights as the actors will (every key checked) for their sha256."""
@@ -115,12 +153,13 @@ class EvaluateJob(JobKind):
         model = EvaluateModel(
             metrics=tuple(spec.metrics.compute),
             stages=stages,
-            networks=plan.found,
+            networks=plan.found.networks,
             precisions=tuple(spec.evaluate.precisions),
             checkpoint=spec.model.checkpoint,
             storage_options=dict(spec.model.storage_options),
             rankings=rankings,
             best_worst=spec.evaluate.best_worst,
+            edit=plan.found.edit,
         )
         out = spec.output
         best_worst = spec.evaluate.best_worst

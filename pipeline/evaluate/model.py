@@ -1,5 +1,6 @@
 """The evaluation job's model step, in the inference actors: every stage's codes and reconstructions, their
-scores against the input, and the time each stage takes.
+scores against the input, and the time each stage takes; with ``evaluate.edit``, the job's engine's last
+scored codes moved along a direction by each strength, rendered and scored against the input.
 
 Run time: a stage-k model's time to its codes (stage 1, then for each refinement the reconstruction it
 reads and its encoder) plus the rendering of its reconstruction, per image of a batch, measured around
@@ -22,10 +23,13 @@ import torch
 from engines.engine import Engine, build_engine
 from engines.metric_weights import load_metric_net
 from engines.runners import invert_stages
+from operators.edits import apply_direction
 from operators.images import images_to_tensor, tensor_to_images
 from operators.metric_nets import identity_similarity
 from operators.metrics import l2, ms_ssim, psnr, ssim
-from pipeline.evaluate.steps import FEATURE_PREFIX, Evaluated, feature_column, score_column, seconds_column, shortlist
+from pipeline.evaluate.steps import (
+    FEATURE_PREFIX, Evaluated, edit_column, feature_column, score_column, seconds_column, shortlist,
+)
 
 FID_FEATURES = 2048  # Inception-v3 pool3
 PURE_METRICS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim, "l2": l2}
@@ -40,6 +44,16 @@ class MetricWeights:
     storage_options: Mapping[str, Any]
     net: str | None
     sha256: str
+
+
+@dataclass(frozen=True)
+class EditDirection:
+    """evaluate.edit as preflight loaded it (travelling with the step: the actors score the file whose
+    sha256 the provenance records)."""
+
+    direction: np.ndarray = field(compare=False)  # float32 [style_dim] or [num_ws, style_dim]
+    strengths: tuple[float, ...]
+    layers: tuple[int, ...]
 
 
 def device_name(device: torch.device) -> str:
@@ -106,6 +120,7 @@ class EvaluateModel:
     storage_options: Mapping[str, Any]
     rankings: tuple[str, ...]
     best_worst: int
+    edit: EditDirection | None = None
     built: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __call__(self, engine: Engine, images: np.ndarray, batch_size: int) -> Evaluated:
@@ -120,7 +135,7 @@ class EvaluateModel:
             batch = images[start : start + step]
             reference = self._reference(batch, engine.device, nets)
             for e, runner in enumerate(engines):
-                final, renders, scores = self._score(runner, batch, reference, nets)
+                final, renders, scores = self._score(runner, batch, reference, nets, edits=e == 0)
                 codes[e].append(final)
                 chunks[e].append(scores)
                 if e == 0:
@@ -164,7 +179,7 @@ class EvaluateModel:
     def _reference(self, batch: np.ndarray, device: torch.device, nets: dict) -> dict[str, Any]:
         """What every engine's reconstructions are compared with: the input in [0, 1] (float64 for the
         pure metrics, float32 for the networks), its identity embedding and its FID features."""
-        unit = torch.as_tensor(batch).to(device).permute(0, 3, 1, 2).double() / 255
+        unit = _unit(batch, device)
         reference = {"unit": unit, "unit32": unit.float()}
         with torch.inference_mode():
             if "identity" in nets:
@@ -173,7 +188,7 @@ class EvaluateModel:
                 reference[feature_column(None)] = nets["fid"](reference["unit32"]).float().cpu().numpy()
         return reference
 
-    def _score(self, engine: Engine, batch: np.ndarray, reference: dict, nets: dict):
+    def _score(self, engine: Engine, batch: np.ndarray, reference: dict, nets: dict, edits: bool):
         x = images_to_tensor(torch.as_tensor(batch)).to(engine.device)
         warm = self.built.setdefault("warm", set())
         if engine.name not in warm:
@@ -187,7 +202,7 @@ class EvaluateModel:
             features[feature_column(None)] = reference[feature_column(None)]
         with torch.inference_mode():
             for k, images in zip(self.stages, renders):
-                unit = torch.as_tensor(images).to(engine.device).permute(0, 3, 1, 2).double() / 255
+                unit = _unit(images, engine.device)
                 for metric in self.metrics:
                     if metric in PURE_METRICS:
                         value = PURE_METRICS[metric](reference["unit"], unit)
@@ -200,7 +215,44 @@ class EvaluateModel:
                         continue
                     scores[score_column(metric, k)] = value.double().cpu().numpy()
                 scores[seconds_column(k)] = np.full(len(batch), seconds[k] / len(batch))
+        if self.edit is not None:
+            last = codes[self.stages[-1] - 1]
+            edited = self._edit_scores(engine, last, reference, nets) if edits else self._no_edits(len(batch))
+            for column, values in edited.items():
+                (features if values.ndim == 2 else scores)[column] = values
         return codes[-1].float().cpu().numpy(), renders, {**scores, **features}
+
+    def _edit_scores(self, engine: Engine, codes: torch.Tensor, reference: dict, nets: dict) -> dict[str, np.ndarray]:
+        """Per strength i, the codes moved as the edit job moves them, rendered as the reconstructions are,
+        and scored against the input: ``identity_edit<i>`` and the FID features ``fid_edit<i>``."""
+        edit = self.edit
+        direction = torch.as_tensor(edit.direction)
+        out = {}
+        with torch.inference_mode():
+            for i, strength in enumerate(edit.strengths):
+                # To uint8 at once: a CUDA-graph engine reuses its output memory on the next call.
+                images = tensor_to_images(engine.synthesize(apply_direction(codes, direction, strength, edit.layers)))
+                unit = _unit(images.numpy(), engine.device).float()
+                if "identity" in self.metrics:
+                    similarity = identity_similarity(reference["identity"], nets["identity"](unit))
+                    out[edit_column("identity", i)] = similarity.double().cpu().numpy()
+                if "fid" in self.metrics:
+                    out[edit_column("fid", i)] = nets["fid"](unit).float().cpu().numpy()
+        return out
+
+    def _no_edits(self, records: int) -> dict[str, np.ndarray]:
+        """The edit columns of a compared precision's rows, which are not edited: NaN, of the job's
+        engine's types (one type per Parquet column)."""
+        return {
+            column: np.full((records, FID_FEATURES) if column.startswith(FEATURE_PREFIX) else records, np.nan)
+            for column in self._edit_column_names()
+        }
+
+    def _edit_column_names(self) -> list[str]:
+        if self.edit is None:
+            return []
+        metrics = [m for m in ("identity", "fid") if m in self.metrics]
+        return [edit_column(m, i) for m in metrics for i in range(len(self.edit.strengths))]
 
     def _keep_possible_choices(self, pictures: dict[int, list], chunks: list[dict[str, np.ndarray]]) -> dict[int, list]:
         """The pictures of the records that may still be among the shard's best or worst (a record that is
@@ -223,4 +275,11 @@ class EvaluateModel:
             for name in [*(score_column(m, k) for m in self.metrics if m != "fid"), seconds_column(k)]
         ]
         features = [feature_column(s) for s in (None, *self.stages)] if "fid" in self.metrics else []
-        return scores + features
+        # Scores, then features, in the order ``_score`` gives them.
+        return sorted(scores + features + self._edit_column_names(), key=lambda c: c.startswith(FEATURE_PREFIX))
+
+
+def _unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> float64 [N, 3, S, S] on [0, 1] on ``device``: where inputs, reconstructions and
+    edits are all scored, the same way."""
+    return torch.as_tensor(images).to(device).permute(0, 3, 1, 2).double() / 255

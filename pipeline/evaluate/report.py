@@ -3,9 +3,12 @@ shards alone, so a resumed run writes the same report as one that never stopped:
 
     _report.json     per engine and scored stage: count, mean, standard deviation, median, 5th and 95th
                      percentile of each metric and of the seconds per image; FID; parameters; the
-                     checkpoint, the metric networks, the devices, the number of images
-    _report.md       the same as tables (the paper's Table I layout: a row per stage count)
-    _report.png      each metric across stages (mean, 5th-95th percentile band) and its distribution per stage
+                     checkpoint, the metric networks, the devices, the number of images; with
+                     ``evaluate.edit``, per strength the edits' FID and identity similarity statistics
+    _report.md       the same as tables (the paper's Table I layout: a row per stage count; Table II's for
+                     the edits: a row per strength)
+    _report.png      each metric across stages (mean, 5th-95th percentile band) and its distribution per
+                     stage; identity and FID of the edits across strengths
     _best_worst.png  the best and worst records by identity similarity and by PSNR at the last scored stage
 
 Only the score columns are read (not the codes); FID merges each shard's feature statistics
@@ -36,8 +39,8 @@ from pipeline.core.secrets import redact_uri
 from pipeline.core.storage import join, write_atomically
 from pipeline.core.store import PREVIEW_GAP, PREVIEW_TILE, OutputStore
 from pipeline.evaluate.steps import (
-    RANKINGS, feature_column, job_engine_rows, preview_pictures, ranked, score_column, seconds_column,
-    sheet_records,
+    RANKINGS, edit_column, feature_column, job_engine_rows, preview_pictures, ranked, score_column,
+    seconds_column, sheet_records,
 )
 
 REPORT_FILES = ("_report.json", "_report.md", "_report.png", "_best_worst.png")
@@ -64,10 +67,11 @@ def summary(values: np.ndarray) -> dict[str, Any]:
 
 
 def _read_shard(
-    store: OutputStore, shard: str, scores: list[str], features: list[str], engine: str
+    store: OutputStore, shard: str, scores: list[str], features: list[str], engine: str, per_engine: set[str]
 ) -> tuple[pa.Table, dict]:
-    """A shard's score columns, and the feature statistics of each of its engines' reconstructions and of
-    the input (the job's ``engine``'s rows: every engine's rows hold the same input features)."""
+    """A shard's score columns, and the feature statistics of the ``per_engine`` columns (the stages'
+    reconstructions) for each of its engines, and of the others (the input, the edits) for the job's
+    ``engine`` alone: every engine's rows hold the same input features, and only the job's are edited."""
     with store.fs.open(store.data_path(shard), "rb") as f:
         table = pq.read_table(f, columns=["key", "engine", "device", *scores, *features])
     engines = np.asarray(table.column("engine").to_pylist(), dtype=object)
@@ -77,19 +81,22 @@ def _read_shard(
         width = table.schema.field(column).type.list_size
         values = np.concatenate([c.flatten().to_numpy() for c in chunks]) if chunks else np.zeros(0, np.float32)
         values = values.reshape(-1, width)
-        for name in [engine] if column == feature_column(None) else dict.fromkeys(engines):
+        for name in dict.fromkeys(engines) if column in per_engine else [engine]:
             statistics[(name, column)] = FeatureStatistics.of(torch.from_numpy(values[engines == name]))
     return table.drop_columns(features), statistics
 
 
-def read_scores(store: OutputStore, stats: list[ShardStats], scores: list[str], features: list[str], engine: str):
+def read_scores(
+    store: OutputStore, stats: list[ShardStats], scores: list[str], features: list[str], engine: str,
+    per_engine: set[str],
+):
     """Every committed shard's score columns (in shard order, with the shard of each row) and the feature
-    statistics merged over the shards, by (engine, column)."""
+    statistics merged over the shards, by (engine, column) (``_read_shard``)."""
     tables, merged = [], {}
     with ThreadPoolExecutor(READERS) as pool:
         for start in range(0, len(stats), READERS):  # a window at a time, merged as it comes
             window = stats[start : start + READERS]
-            read = pool.map(lambda s: _read_shard(store, s.shard, scores, features, engine), window)
+            read = pool.map(lambda s: _read_shard(store, s.shard, scores, features, engine, per_engine), window)
             for s, (table, statistics) in zip(window, read):
                 tables.append(table.append_column("shard", pa.array([s.shard] * table.num_rows, pa.string())))
                 for key, value in statistics.items():
@@ -105,13 +112,15 @@ def build_report(plan: Plan, stats: list[ShardStats], rows: pa.Table, statistics
     scalar = [m for m in metrics if m != "fid"]
     engines = list(dict.fromkeys(rows.column("engine").to_pylist())) or [provenance.engine]
     engine_column = np.asarray(rows.column("engine").to_pylist(), dtype=object)
+    edit = evaluation.get("edit")
     fids = {}
     reference = statistics.get((provenance.engine, feature_column(None)))
     if reference is not None and reference.count > 1:  # a covariance needs 2 images
         # Every engine's rows hold the same input features: one reference serves them all.
-        pairs = [(engine, k) for engine in engines for k in stages]
-        values = fids_from_statistics(reference, [statistics[(e, feature_column(k))] for e, k in pairs])
-        fids = dict(zip(pairs, map(_number, values)))
+        pairs = [(engine, feature_column(k)) for engine in engines for k in stages]
+        if edit is not None:
+            pairs += [(provenance.engine, edit_column("fid", i)) for i in range(len(edit["strengths"]))]
+        fids = dict(zip(pairs, map(_number, fids_from_statistics(reference, [statistics[p] for p in pairs]))))
     results = {}
     for engine in engines:
         mine = engine_column == engine
@@ -123,7 +132,7 @@ def build_report(plan: Plan, stats: list[ShardStats], rows: pa.Table, statistics
                 "seconds": summary(rows.column(seconds_column(k)).to_numpy()[mine]),
             }
             if "fid" in metrics:
-                entry["fid"] = fids.get((engine, k))
+                entry["fid"] = fids.get((engine, feature_column(k)))
             per_stage[f"stage{k}"] = entry
         results[engine] = {"images": int(mine.sum()), "stages": per_stage}
     networks = plan.spec.metrics
@@ -146,7 +155,37 @@ def build_report(plan: Plan, stats: list[ShardStats], rows: pa.Table, statistics
         "parameters": parameters,
         "devices": dict(sorted(Counter(rows.column("device").to_pylist()).items())),
         "results": results,
+        "editing": editing(plan, rows, fids),
         "best_worst": best_and_worst(rows, provenance.engine, metrics, stages[-1], evaluation["best_worst"]),
+    }
+
+
+def editing(plan: Plan, rows: pa.Table, fids: dict) -> dict[str, Any] | None:
+    """Per strength of ``evaluate.edit`` (the paper's Table II): FID between the inputs and the edited
+    images over the whole set, and the summary of each edited image's identity similarity to its input."""
+    provenance = plan.provenance
+    evaluation = provenance.job_fields["evaluation"]
+    edit = evaluation.get("edit")
+    if edit is None:
+        return None
+    metrics, engine = evaluation["metrics"], provenance.engine
+    mine = np.asarray(rows.column("engine").to_pylist(), dtype=object) == engine
+    per_strength = []
+    for i, strength in enumerate(edit["strengths"]):
+        columns = [edit_column(m, i) for m in ("identity", "fid") if m in metrics]
+        entry: dict[str, Any] = {"strength": strength, "columns": columns}
+        if "identity" in metrics:
+            entry["identity"] = summary(rows.column(edit_column("identity", i)).to_numpy()[mine])
+        if "fid" in metrics:
+            entry["fid"] = fids.get((engine, edit_column("fid", i)))
+        per_strength.append(entry)
+    return {
+        "direction": redact_uri(plan.spec.evaluate.edit.direction),
+        "direction_sha256": edit["direction_sha256"],
+        "layers": edit["layers"],
+        "stage": evaluation["stages"][-1],
+        "engine": engine,
+        "strengths": per_strength,
     }
 
 
@@ -224,6 +263,8 @@ def markdown(report: dict[str, Any]) -> str:
             cells += [_format("seconds", entry["seconds"], "median"), _millions(entry["encoder_parameters"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if report["editing"]:
+        lines += editing_markdown(report)
     lines += [
         "## Distributions", "",
         "| engine | stages | metric | median | 5th percentile | 95th percentile | count |", "|---|---|---|---|---|---|---|",
@@ -247,15 +288,60 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def editing_markdown(report: dict[str, Any]) -> list[str]:
+    edit = report["editing"]
+    has_identity, has_fid = "identity" in report["metrics"], "fid" in report["metrics"]
+    header = ["strength", *(["FID ↓"] if has_fid else [])]
+    if has_identity:
+        header += ["identity similarity ↑", "median", "5th percentile", "95th percentile"]
+    header.append("Parquet columns")
+    lines = [
+        "## Editing quality", "",
+        f"The codes of stage {edit['stage']} ({edit['engine']}) moved along `{edit['direction']}` (sha256 "
+        f"`{edit['direction_sha256']}`) on W+ layers {_runs(edit['layers'])} by each strength, "
+        "rendered, and scored against the inputs (the paper's Table II); strength 0 is the reconstruction itself.",
+        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    ]
+    for entry in edit["strengths"]:
+        cells = [f"{entry['strength']:g}"]
+        if has_fid:
+            cells.append("-" if entry["fid"] is None else f"{entry['fid']:.2f}")
+        if has_identity:
+            s = entry["identity"]
+            cells += [f"{_format('identity', s)} ± {_format('identity', s, 'std')}",
+                      *(_format("identity", s, field) for field in ("median", "p5", "p95"))]
+        cells.append(", ".join(f"`{c}`" for c in entry["columns"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _runs(numbers: list[int]) -> str:
+    """Sorted numbers with each run of consecutive ones as first-last: [0, 1, 2, 3, 9] -> '0-3, 9'."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
 def charts(report: dict[str, Any], rows: pa.Table) -> bytes:
     """Per metric: the mean across stages per engine with its 5th-95th percentile band, and the job's
     engine's distribution per stage (box: quartiles, whiskers: 5th and 95th percentile)."""
     metrics = report["metrics"]
     panels = [m for m in metrics if m != "fid"] + ["seconds"] + (["fid"] if "fid" in metrics else [])
     stages = report["stages"]
-    figure = Figure(figsize=(3.2 * len(panels), 6.4), dpi=100, layout="constrained")
+    edit_panels = [m for m in ("identity", "fid") if m in metrics] if report["editing"] else []
+    figure = Figure(figsize=(3.2 * len(panels), 3.2 * (2 + bool(edit_panels))), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, len(panels), squeeze=False)
+    axes = figure.subplots(2 + bool(edit_panels), len(panels), squeeze=False)
+    if edit_panels:
+        for col, ax in enumerate(axes[2]):
+            if col < len(edit_panels):
+                _edit_chart(ax, report["editing"], edit_panels[col])
+            else:
+                ax.axis("off")
     engine_column = np.asarray(rows.column("engine").to_pylist(), dtype=object)
     for col, metric in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
@@ -289,6 +375,24 @@ def charts(report: dict[str, Any], rows: pa.Table) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _edit_chart(ax, edit: dict[str, Any], metric: str) -> None:
+    """``metric`` of the edits across strengths: identity's mean with its 5th-95th percentile band, or FID."""
+    entries = sorted(edit["strengths"], key=lambda e: e["strength"])
+    strengths = [e["strength"] for e in entries]
+    if metric == "fid":
+        ax.plot(strengths, [np.nan if e["fid"] is None else e["fid"] for e in entries], marker="o")
+    else:
+        value = lambda e, field: np.nan if e["identity"].get(field) is None else e["identity"][field]  # noqa: E731
+        line = ax.plot(strengths, [value(e, "mean") for e in entries], marker="o")[0]
+        low, high = [value(e, "p5") for e in entries], [value(e, "p95") for e in entries]
+        ax.fill_between(strengths, low, high, color=line.get_color(), alpha=0.2)
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    ax.set_title(f"edits: {LABELS[metric]} to the input ({better} is better)", fontsize=9)
+    ax.set_xlabel(f"strength (stage {edit['stage']}, {edit['engine']})")
+    if len(strengths) <= 12:  # more would overlap
+        ax.set_xticks(strengths)
 
 
 LABEL_WIDTH, TITLE_HEIGHT, HEADER_HEIGHT = 220, 24, 18
@@ -364,7 +468,12 @@ def write_report(plan: Plan, stats: list[ShardStats]) -> None:
         name for k in stages for name in [*(score_column(m, k) for m in metrics if m != "fid"), seconds_column(k)]
     ]
     features = [feature_column(s) for s in (None, *stages)] if "fid" in metrics else []
-    rows, statistics = read_scores(store, stats, scores, features, plan.provenance.engine)
+    if "edit" in evaluation:
+        edits = range(len(evaluation["edit"]["strengths"]))
+        scores += [edit_column("identity", i) for i in edits] if "identity" in metrics else []
+        features += [edit_column("fid", i) for i in edits] if "fid" in metrics else []
+    per_engine = {feature_column(k) for k in stages}
+    rows, statistics = read_scores(store, stats, scores, features, plan.provenance.engine, per_engine)
     report = build_report(plan, stats, rows, statistics)
     outputs = {
         "_report.json": json.dumps(report, indent=2, ensure_ascii=False).encode(),

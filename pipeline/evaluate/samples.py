@@ -34,9 +34,11 @@ def write_sample_metric_weights(model_dir: Path) -> list[Path]:
 
 def sample_sections(model_dir: Path) -> dict[str, Any]:
     """The sample spec's ``metrics`` and ``evaluate``: every metric the sample model's 32 px images allow
-    (MS-SSIM needs 176 px), and its engine compared with bfloat16."""
+    (MS-SSIM needs 176 px), its engine compared with bfloat16, and the edits of the edit sample's direction
+    (``direction.npy``, which ``make_sample`` writes beside the models) scored."""
     weights = {metric: {"weights": str(model_dir / name)} for metric, name in SAMPLE_WEIGHTS.items()}
+    edit = {"direction": str(model_dir / "direction.npy"), "strengths": [-6, 0, 6]}
     return {
         "metrics": {"compute": ["psnr", "ssim", "l2", "lpips", "identity", "fid"], **weights},
-        "evaluate": {"precisions": ["bfloat16"], "best_worst": 3},
+        "evaluate": {"precisions": ["bfloat16"], "best_worst": 3, "edit": edit},
     }

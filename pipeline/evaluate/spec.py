@@ -1,6 +1,6 @@
 """The evaluation job's spec: clean images in, the codes of the final stage out, ``metrics`` (which to
 compute, and the weight files of those that need a network) and ``evaluate`` (stages, engine precisions
-to compare, contact sheets)."""
+to compare, contact sheets, and the edit whose quality to score)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,36 @@ class MetricsSpec(_Strict):
         return [m for m in self.compute if m in NETWORK_METRICS]
 
 
+class EditQualitySpec(_Strict):
+    storage_uris = {"direction_storage_options": "direction"}
+
+    direction: str = Field(
+        description="A .npy or .pt file holding one [style_dim] or [num_ws, style_dim] latent direction (as the "
+        "edit job's edit.direction); a path or fsspec URL."
+    )
+    direction_storage_options: StorageOptions = Field(
+        default_factory=dict,
+        description="fsspec options for direction (over the spec's storage_options for its scheme).",
+    )
+    strengths: list[Annotated[float, Field(ge=-1e4, le=1e4)]] = Field(
+        min_length=1,
+        max_length=16,  # with fid, each holds 2048 features per record and 32 MiB of statistics per shard read
+        description="The multiples of the direction to score, e.g. [-3, 0, 3]: strengths[i] gives the columns "
+        "identity_edit<i> and fid_edit<i>. 0 scores the last stage's reconstruction itself. At most 16.",
+    )
+    layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        None, min_length=1, max_length=1024,
+        description="W+ layers the edit changes; default 0-7 (the official edits, as the edit job's).",
+    )
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths_once(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("each strength may be named once")
+        return value
+
+
 class EvaluateSection(_Strict):
     stages: list[Annotated[int, Field(ge=1, le=64)]] | None = Field(
         None, min_length=1,
@@ -100,6 +130,20 @@ class EvaluateSection(_Strict):
         description="Records on each contact sheet of _best_worst.png (best and worst by identity and by PSNR at "
         "the last scored stage); 0: no sheets.",
     )
+    edit: EditQualitySpec | None = Field(
+        None,
+        description="Editing quality (the paper's Table II): the last scored stage's codes moved along a latent "
+        "direction by each strength, rendered, and scored against the inputs by identity similarity and FID "
+        "(the job's engine only). Fields: direction, strengths, layers, direction_storage_options.",
+    )
+
+    @classmethod
+    def with_global_storage_options(cls, section: dict, by_scheme: dict, name: str) -> dict:
+        """The spec's storage_options reach the edit's direction file."""
+        merged = dict(section)
+        if isinstance(section.get("edit"), dict):
+            merged["edit"] = EditQualitySpec.with_global_storage_options(section["edit"], by_scheme, f"{name}.edit")
+        return merged
 
     @field_validator("stages")
     @classmethod
@@ -121,7 +165,7 @@ class EvaluateSpec(JobSpec):
     output: OutputSpec = Field(description="Where the per-record scores (with the last stage's codes) and report go.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Which metrics, with which networks.")
     evaluate: EvaluateSection = Field(
-        default_factory=EvaluateSection, description="Stages, engines and contact sheets."
+        default_factory=EvaluateSection, description="Stages, engines, contact sheets, and an edit to score."
     )
 
     @model_validator(mode="after")
@@ -139,9 +183,21 @@ class EvaluateSpec(JobSpec):
             )
         return self
 
+    @model_validator(mode="after")
+    def _edit_is_scored(self) -> "EvaluateSpec":
+        if self.evaluate.edit is not None and not {"identity", "fid"} & set(self.metrics.compute):
+            raise ValueError(
+                "evaluate.edit: edits are scored by identity similarity and FID against the inputs (the paper's "
+                "Table II), and metrics.compute has neither; add identity and/or fid to metrics.compute"
+            )
+        return self
+
     def fingerprint_sections(self) -> dict[str, Any]:
-        # The weight files count by their sha256 (in the provenance), not by where they are.
+        # The weight files and the direction count by their sha256 (in the provenance), not by where they are.
+        evaluate = self.evaluate.model_dump(exclude={"edit"})
+        if self.evaluate.edit is not None:  # absent otherwise: outputs written before edits existed keep theirs
+            evaluate["edit"] = self.evaluate.edit.model_dump(include={"strengths", "layers"})
         return {
             "metrics": {"compute": list(self.metrics.compute), "lpips_net": self.metrics.lpips.net},
-            "evaluate": self.evaluate.model_dump(),
+            "evaluate": evaluate,
         }

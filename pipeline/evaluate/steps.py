@@ -5,7 +5,9 @@ best/worst contact sheet. Workers running these steps never import torch or the 
 A shard's rows: per engine (the job's first, then each of ``evaluate.precisions``), one row per record:
 ``key``, ``source``, ``w_plus`` (the final stage's codes), ``engine``, ``device``, per scored stage k
 ``<metric>_stage<k>`` (float64) and ``seconds_stage<k>``, and with FID the Inception pool3 features
-``fid_input`` and ``fid_stage<k>`` (2048 float32 each).
+``fid_input`` and ``fid_stage<k>`` (2048 float32 each). With ``evaluate.edit``, per strength i (its index
+in ``strengths``) ``identity_edit<i>`` and ``fid_edit<i>``: the job's engine's edited images against the
+input; NaN in the rows of the compared precisions, which are not edited.
 
 The shard's preview holds, one row each (input, then each scored stage), the records that may be among the
 best or worst of the whole output: the ``best_worst`` best and worst of the shard by each ranking metric
@@ -38,6 +40,11 @@ def score_column(metric: str, stage: int) -> str:
 
 def seconds_column(stage: int) -> str:
     return f"seconds_stage{stage}"
+
+
+def edit_column(metric: str, index: int) -> str:
+    """identity similarity or FID features of the edit by the ``index``-th of ``evaluate.edit.strengths``."""
+    return f"{metric}_edit{index}"
 
 
 def feature_column(stage: int | None) -> str:
