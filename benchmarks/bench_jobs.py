@@ -5,7 +5,7 @@
 
 Each job runs end to end through ``plan_job`` and ``run_plan`` on one local Ray (loopback), with one
 inference actor on CPU (all CPUs but half of one, as many torch threads), decode tasks with half a CPU
-and write tasks committing Parquet plus, for the application jobs, PNG images and a contact sheet. The
+and writers committing Parquet plus, for the application jobs, PNG images and a contact sheet. The
 jobs, in this order, on the same seeded PNGs of the model's image size:
 
 - invert_dataset: W+ codes only (1 stage: the encoder alone) -- the baseline;

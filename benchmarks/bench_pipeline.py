@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py [--images 128] [--stages 1] [--batch 8] [--work outputs/bench]
                                         [--gpu] [--precision bfloat16] [--ceiling-images 1024]
+                                        [--ceiling-shard 64]
 
 The model is the official-size E2Style (IR-SE50 encoder at 256 px, 1024 generator) with random weights,
 written once in the official file format under ``--work``. The images are seeded 256x256 PNGs. Both
@@ -11,7 +12,7 @@ sides read the same files, decode them, convert them and invert them at the same
 - bare loop: one process, the same engine (``build_engine`` with the job's options, built before
   timing) then read + decode + invert, batch after batch;
 - pipeline: ``run_plan`` on a local Ray (decode tasks with half a CPU reserved, one inference actor with
-  the rest and as many torch threads as the bare loop, write tasks committing Parquet). "end to end"
+  the rest and as many torch threads as the bare loop, a writer committing Parquet). "end to end"
   counts from the call to the last commit, including the actor's start and model load; "steady state"
   counts the records committed after the shards that were read while the engine was built (the shards
   in flight: they wait ready, so they commit faster than the pipeline can deliver) over the time from
@@ -19,7 +20,11 @@ sides read the same files, decode them, convert them and invert them at the same
   "first commit" is the report's time from the start of the run to its first committed shard;
 - the pipeline's own ceiling: the same run with the model step replaced by one that returns zero codes
   without running the model (a benchmark-only stand-in, never a job), on the reference engine form so
-  that no gate runs first: what decode, transfer and write move on this machine's cores.
+  that no gate runs first: what decode, transfer and write move on this machine's cores. On CPU its actor,
+  which runs no model, keeps half a CPU and the decode tasks share the rest (two at a time on two cores);
+  with ``--gpu`` the resources are those of the real run; shards of ``--ceiling-shard`` images (the jobs'
+  default is 1000: smaller shards show the cost per shard). It is held to plain loops over the same files:
+  one thread, and as many threads as the machine has cores (Pillow decodes outside the GIL).
 
 The bare loop's model load is outside its timed part. It runs before and after the pipeline and the
 mean of the two is the reference, so drift on a shared machine does not favour either side.
@@ -34,6 +39,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +59,7 @@ from pipeline.core.decode import decode_image  # noqa: E402
 from pipeline.core.cluster import start_ray  # noqa: E402
 from pipeline.core.model_steps import invert_images  # noqa: E402
 from pipeline.core.preflight import engine_options, plan_job  # noqa: E402
-from pipeline.core.schedule import CALLS_PER_ACTOR, run_plan  # noqa: E402
+from pipeline.core.schedule import run_plan, shards_in_flight  # noqa: E402
 from pipeline.core.job import Work  # noqa: E402
 from pipeline.inversion.job import INVERSION, InversionJob  # noqa: E402
 from pipeline.inversion.spec import InversionSpec  # noqa: E402
@@ -76,12 +82,14 @@ def make_inputs(work: Path, count: int, stages: int) -> tuple[Path, Path]:
     return checkpoint, folder
 
 
-def decode_loop(folder: Path) -> float:
-    """records/s of reading and decoding the images in one process, no model: what the ceiling is held to."""
+def decode_loop(folder: Path, threads: int = 1) -> float:
+    """records/s of reading and decoding the images in one process on ``threads`` threads, no model: what
+    the ceiling is held to."""
     files = sorted(folder.glob("*.png"))
     start = time.perf_counter()
-    for f in files:
-        decode_image(f.read_bytes(), 256, False, False)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(lambda f: decode_image(f.read_bytes(), 256, False, False), files):
+            pass
     return len(files) / (time.perf_counter() - start)
 
 
@@ -116,8 +124,7 @@ def no_model(engine, images: np.ndarray, batch_size: int) -> np.ndarray:
 def job_spec(checkpoint: Path, folder: Path, out: Path, args) -> InversionSpec:
     cpus = os.cpu_count() or 1
     if args.gpu:  # a GPU node: the actor keeps a few cores, decoding gets the rest in 2-CPU tasks
-        resources = {"num_actors": 1, "num_gpus_per_actor": 1, "num_cpus_per_actor": 4, "decode_cpus": 2,
-                     "shards_in_flight": max(4, (cpus - 4) // 2)}
+        resources = {"num_actors": 1, "num_gpus_per_actor": 1, "num_cpus_per_actor": 4, "decode_cpus": 2}
     else:
         resources = {"num_actors": 1, "num_cpus_per_actor": cpus - 0.5, "decode_cpus": 0.5}
     return InversionSpec.model_validate(
@@ -137,6 +144,11 @@ def pipeline(checkpoint: Path, folder: Path, args, kind=INVERSION) -> tuple[floa
     spec = job_spec(checkpoint, folder, out, args)
     if isinstance(kind, NoWorkInversion):  # nothing to gate: the model step does not run the engine
         spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"modulation": "grouped"})})
+        if not args.gpu:  # an actor that runs no model needs little CPU: decoding gets the rest
+            cpus = os.cpu_count() or 1
+            decode = {"num_cpus_per_actor": 0.5, "decode_cpus": (cpus - 0.5) / max(1, cpus)}
+            spec = spec.model_copy(update={"resources": spec.resources.model_copy(update=decode)})
+        spec = spec.model_copy(update={"input": spec.input.model_copy(update={"shard_size": args.ceiling_shard})})
     start_ray(None)
     plan = plan_job(spec, kind)
     commits: list[tuple[float, int]] = []
@@ -145,7 +157,7 @@ def pipeline(checkpoint: Path, folder: Path, args, kind=INVERSION) -> tuple[floa
     end_to_end = report.written / (time.perf_counter() - start)
     assert report.written == len(list(folder.glob("*.png"))), report.summary()
     res = spec.resources
-    ready = min(res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors, len(commits) - 2)  # read while the engine was built
+    ready = min(shards_in_flight(res, os.cpu_count() or 1), len(commits) - 2)  # read while the engine was built
     (first, _), (last, _) = commits[max(ready, 0)], commits[-1]
     steady = sum(n for _, n in commits[ready + 1 :]) / (last - first) if last > first else float("nan")
     return end_to_end, steady, report.first_commit_seconds
@@ -155,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--ceiling-images", type=int, default=1024, help="images of the no-work run and the decode loop")
+    parser.add_argument("--ceiling-shard", type=int, default=64, help="images per shard of the no-work run")
     parser.add_argument("--stages", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
@@ -175,6 +188,8 @@ def main() -> None:
     after = bare_loop(inverter, folder, args.batch)
     bare = (before + after) / 2
     decoding = decode_loop(many)
+    cores = os.cpu_count() or 1
+    decoding_all = decode_loop(many, cores)
     card = torch.cuda.get_device_name() if args.gpu else "no GPU"
     print(f"# {os.cpu_count()} CPUs, {card}, torch {torch.__version__}, {args.images} images, {args.stages} stage(s), "
           f"batch {args.batch}, engine {options.name} {options.modulation}")
@@ -184,9 +199,11 @@ def main() -> None:
     print(f"| bare loop, same engine (read, decode, invert; mean of {before:.3f} before and {after:.3f} after) | {bare:.3f} | 1.00 |")
     print(f"| pipeline, steady state (decode tasks, 1 actor, Parquet commit) | {steady:.3f} | {steady / bare:.2f} |")
     print(f"| pipeline, end to end (with actor start and model load) | {end_to_end:.3f} | {end_to_end / bare:.2f} |")
-    print(f"| plain decode loop, one process (read + decode, no model; {args.ceiling_images} images) | {decoding:.3f} | {decoding / bare:.2f} |")
+    print(f"| plain decode loop, one thread (read + decode, no model; {args.ceiling_images} images) | {decoding:.3f} | {decoding / bare:.2f} |")
+    print(f"| plain decode loop, {cores} threads | {decoding_all:.3f} | {decoding_all / bare:.2f} |")
     print(f"| pipeline ceiling, steady state (benchmark-only model step that does no work) | {ceiling:.3f} | "
-          f"{ceiling / bare:.2f} ({ceiling / decoding:.2f} of the decode loop) |")
+          f"{ceiling / bare:.2f} ({ceiling / decoding:.2f} of the one-thread loop, {ceiling / decoding_all:.2f} of the "
+          f"{cores}-thread loop) |")
     print(f"| pipeline ceiling, end to end | {ceiling_end_to_end:.3f} | {ceiling_end_to_end / bare:.2f} |")
     print(f"# first shard committed {first_commit:.1f} s after the run started (engine build, actor start and load included)")
 

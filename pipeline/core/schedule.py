@@ -1,9 +1,9 @@
-"""Running a plan on Ray: prepare tasks feed inference actors, write tasks commit each shard.
+"""Running a plan on Ray: prepare tasks feed inference actors, writers commit each shard.
 
     driver: list shards, skip committed ones, keep ``shards_in_flight`` shards preparing ahead
     prepare task (CPU)   shard -> (keys, sources, rejects), model input       [object store]
     inference actor      model input -> W+ codes (and images)                 [object store]
-    write task (CPU)     results + keys -> Parquet (and images), rejects, then stats (commit)
+    writer (CPU)         results + keys -> Parquet (and images), rejects, then stats (commit)
 
 What each step does is the job's ``JobKind.work``; listing, resume, commit, rejects and retries are shared.
 Preparing runs ahead of the model and writing runs behind it, so neither waits on the other; each
@@ -11,9 +11,9 @@ actor has a second shard queued behind the one it is working on. The first shard
 first actor builds the engine and puts it through the accuracy gate; the other actors start once it has
 passed. When no shard is left to read, the last ones are spread over the actors in parts (for jobs whose
 work can be parted), so a large final shard does not leave all but one actor idle. An actor
-that dies is restarted by Ray and its call retried (``max_restarts``, ``max_task_retries``); a decode or
-write task whose worker dies is retried by Ray, one that meets a transient storage error retries itself
-with backoff (``pipeline.core.tasks``); a shard is written whole or not at all.
+(inference or writer) that dies is restarted by Ray and its call retried (``max_restarts``,
+``max_task_retries``); a decode task whose worker dies is retried by Ray; a step that meets a transient
+storage error retries itself with backoff (``pipeline.core.tasks``); a shard is written whole or not at all.
 
 A run holds the output's lease (``pipeline.core.lock``) from after preflight to its end, so two runs never
 write one output; it removes only files the job recorded writing (``pipeline.core.store``), and nothing at
@@ -42,7 +42,7 @@ from pipeline.core.secrets import redact_text, redact_uri
 from pipeline.core.shards import Shard
 from pipeline.core.spec import JobSpec
 from pipeline.core.store import OutputStore
-from pipeline.core.tasks import prepare_task, write_task
+from pipeline.core.tasks import Writer, prepare_task
 from pipeline.core.totals import metrics_total, reasons_total
 
 
@@ -52,6 +52,16 @@ RETRIES = 3
 # A second call waits in the actor's queue, so the model starts the next shard as soon as it finishes
 # one, without a round trip through a driver that may be short of CPU.
 CALLS_PER_ACTOR = 2
+COMMITS_PER_WRITER = 4  # a writer's threads: a commit mostly waits on storage
+
+
+def shards_in_flight(res, cluster_cpus: float) -> int:
+    """Shards read ahead at once (``resources.shards_in_flight``), by default as many as the CPUs the
+    actors leave free decode side by side, plus those queued on each actor."""
+    if res.shards_in_flight:
+        return res.shards_in_flight
+    free = cluster_cpus - res.num_actors * res.num_cpus_per_actor
+    return CALLS_PER_ACTOR * res.num_actors + max(1, math.floor(free / res.decode_cpus + 1e-9))
 
 
 def _check_cluster_fits(res) -> None:
@@ -177,14 +187,19 @@ class ShardRunner:
             max_task_retries=RETRIES,
         )
         self.prepare = ray.remote(prepare_task).options(num_cpus=res.decode_cpus, num_returns=2, max_retries=RETRIES)
-        # Writes reserve no CPU: actors hold theirs for their whole life, and a write that waited for
-        # one could wait forever. They are I/O and a light encoding pass.
-        self.write = ray.remote(write_task).options(num_cpus=0, max_retries=RETRIES)
-        self.in_flight = res.shards_in_flight or (CALLS_PER_ACTOR + 1) * res.num_actors
+        # Writers reserve no CPU: actors hold theirs for their whole life, and a write that waited for
+        # one could wait forever. They are I/O and a light encoding pass; one per inference actor,
+        # spread over the nodes.
+        writer_cls = ray.remote(Writer).options(
+            num_cpus=0, max_restarts=RETRIES, max_task_retries=RETRIES, max_concurrency=COMMITS_PER_WRITER,
+            scheduling_strategy="SPREAD",
+        )
+        self.writers = {writer_cls.remote(): 0 for _ in range(res.num_actors)}  # writer -> commits it runs
+        self.in_flight = shards_in_flight(res, ray.cluster_resources().get("CPU", 0))
         self.queue = deque(todo)
         self.preparing: deque = deque()
         self.running: dict = {}  # model call -> (its shard's _Calls, actor)
-        self.writing: dict = {}  # write task -> its shard's _Calls
+        self.writing: dict = {}  # commit -> (its shard's _Calls, writer)
         self.prepare_ref = ray.put(self.work.prepare)
         options = factory.engine
         self.gated = not (options.is_reference and not options.pick_batch)
@@ -256,7 +271,7 @@ class ShardRunner:
                 self.running[ref] = (calls, actor)
 
     def run(self):
-        store_args = self.plan.store.args
+        store_args = self.plan.store.settled().args
         while self.queue or self.preparing or self.running or self.writing:
             if self.lock is not None and self.lock.lost:
                 raise JobFailed(self.lock.lost)
@@ -269,13 +284,16 @@ class ShardRunner:
                     self.calls[actor] -= 1
                     calls.pending.discard(ref)
                     if not calls.pending:
-                        task = self.write.remote(
+                        writer = min(self.writers, key=self.writers.get)
+                        self.writers[writer] += 1
+                        commit = writer.write.remote(
                             self.write_ref, self.work.join, store_args, calls.shard, calls.meta_ref,
                             calls.started, calls.retry, *calls.refs,
                         )
-                        self.writing[task] = calls
+                        self.writing[commit] = (calls, writer)
                     continue
-                calls = self.writing.pop(ref)
+                calls, writer = self.writing.pop(ref)
+                self.writers[writer] -= 1
                 try:
                     shard_stats = ray.get(ref)
                 except Exception as e:
@@ -288,7 +306,7 @@ class ShardRunner:
     def close(self) -> None:
         for _, _, meta_ref, _, _ in self.preparing:
             ray.cancel(meta_ref)
-        for actor in self.actors:
+        for actor in [*self.actors, *self.writers]:
             ray.kill(actor)
 
 
@@ -296,7 +314,7 @@ LEASE_CHECK_S = 5.0  # how often a run waiting on Ray looks whether it still hol
 
 
 def _failed_step(meta_ref, model_refs: list, error: Exception) -> tuple[str, BaseException]:
-    """Which step of a shard failed (a write task also fails when the step before it did), and why."""
+    """Which step of a shard failed (a commit also fails when the step before it did), and why."""
     for step, ref in (("read and prepared", meta_ref), *(("run through the model", ref) for ref in model_refs)):
         try:
             ray.get(ref)

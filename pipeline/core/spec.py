@@ -177,7 +177,8 @@ class ResourcesSpec(_Strict):
         ge=0,
         le=10_000,
         description="Shards decoding or waiting for an actor at once (their images are held in Ray's object "
-        "store); 0 means three per actor.",
+        "store); 0: as many as the CPUs the actors leave free can decode side by side (decode_cpus each), plus "
+        "two queued per actor.",
     )
 
     @field_validator("num_gpus_per_actor")

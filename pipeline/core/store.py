@@ -42,7 +42,7 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -91,6 +91,13 @@ def latent_schema(num_ws: int, style_dim: int, dtype: str, provenance: Mapping[s
 def _is_tensor(kind: pa.DataType) -> bool:
     """``arrow.fixed_shape_tensor``: the latent type of outputs written before the nested lists."""
     return isinstance(kind, pa.FixedShapeTensorType)
+
+
+def _as_tensor(kind: pa.DataType) -> pa.DataType:
+    """The ``arrow.fixed_shape_tensor`` type of the values and shape of a nested-lists ``w_plus`` type."""
+    if _is_tensor(kind):
+        return kind
+    return pa.fixed_shape_tensor(kind.value_type.value_type, (kind.list_size, kind.value_type.list_size))
 
 
 def _latents(values: pa.Array, kind: pa.DataType) -> pa.Array:
@@ -170,6 +177,9 @@ class OutputStore:
     uri: str
     storage_options: Mapping[str, Any]
     fence: tuple[str, str] | None = None  # the run's lease (lock.RunLock.fence), checked before each commit
+    # Whether new shards' ``w_plus`` is the tensor type of an output written before the nested lists;
+    # None: looked up at each write (``settled`` looks it up once, for a run's writes).
+    tensor_latents: bool | None = None
 
     def __post_init__(self):
         self.fs, self.root = filesystem(self.uri, self.storage_options)
@@ -177,7 +187,7 @@ class OutputStore:
     @property
     def args(self) -> tuple:
         """What rebuilds this store in another process."""
-        return self.uri, dict(self.storage_options), self.fence
+        return self.uri, dict(self.storage_options), self.fence, self.tensor_latents
 
     def data_path(self, shard: str) -> str:
         return join(self.root, f"{shard}.parquet")
@@ -299,16 +309,21 @@ class OutputStore:
         with self.fs.open(self.data_path(shard), "rb") as f:
             return pq.read_table(f)
 
-    def output_latent_type(self, shard: str) -> pa.DataType | None:
-        """The ``w_plus`` type of the output's committed shards other than ``shard`` (a listing and one
-        schema read); None when it has none."""
+    def holds_tensor_latents(self, shard: str | None = None) -> bool:
+        """Whether the output's committed shards (other than ``shard``) hold ``w_plus`` as the tensor type
+        of the layout before (a listing and one schema read); False when it has none."""
         for name in sorted(self.listed("_stats", ".json") - {shard}):
             try:
                 with self.fs.open(self.data_path(name), "rb") as f:
-                    return pq.read_schema(f).field(LATENT_COLUMN).type
+                    return _is_tensor(pq.read_schema(f).field(LATENT_COLUMN).type)
             except FileNotFoundError:  # a damaged shard (verify reports it) says nothing about the others
                 continue
-        return None
+        return False
+
+    def settled(self) -> "OutputStore":
+        """This store with the latent type of new shards looked up once, for the writes of a run that
+        holds the output's lease (no other run commits meanwhile), so that no commit lists the output."""
+        return replace(self, tensor_latents=self.holds_tensor_latents())
 
     def read_rejects(self, shard: str) -> list[tuple[str, str, str]]:
         """(key, source, error) of the shard's rejected records; none when it has no rejects file."""
@@ -449,7 +464,9 @@ class OutputStore:
         that a resumed output written before the nested lists stays one readable dataset.
         """
         images = images or {}
-        table = with_latent_type(table, self.output_latent_type(shard) or table.schema.field(LATENT_COLUMN).type)
+        tensor = self.holds_tensor_latents(shard) if self.tensor_latents is None else self.tensor_latents
+        if tensor:
+            table = with_latent_type(table, _as_tensor(table.schema.field(LATENT_COLUMN).type))
         files = [f"{shard}.parquet", f"_rejects/{shard}.parquet"] + [f"{IMAGES}/{shard}/{name}" for name in images]
         if preview is not None:
             files.append(f"_previews/{shard}.png")

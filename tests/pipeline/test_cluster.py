@@ -15,6 +15,8 @@ import ray
 
 from datasets import free_ports, kill_process_tree
 from pipeline.core.cluster import ClusterError, check_reachable, start_ray
+from pipeline.core.schedule import shards_in_flight
+from pipeline.core.spec import ResourcesSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +119,18 @@ def test_no_address_starts_a_new_ray_beside_a_running_cluster():
     finally:
         kill_process_tree(head)  # by id: `ray stop` would stop every Ray on the machine
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "resources, cluster_cpus, expected",
+    [
+        ({"num_cpus_per_actor": 4, "num_gpus_per_actor": 1, "decode_cpus": 2}, 16, 2 + 6),  # a GPU node: 12 CPUs decode
+        ({"num_actors": 2, "num_cpus_per_actor": 2, "num_gpus_per_actor": 1, "decode_cpus": 1}, 16, 4 + 12),
+        ({"num_cpus_per_actor": 1.5, "decode_cpus": 0.5}, 2, 2 + 1),
+        ({"num_cpus_per_actor": 0.5, "decode_cpus": 0.75}, 2, 2 + 2),
+        ({"num_cpus_per_actor": 2, "decode_cpus": 1}, 2, 2 + 1),  # nothing free: still one read ahead
+        ({"num_cpus_per_actor": 4, "decode_cpus": 2, "shards_in_flight": 5}, 16, 5),  # as the spec says
+    ],
+)
+def test_shards_read_ahead_fill_the_cpus_the_actors_leave(resources, cluster_cpus, expected):
+    assert shards_in_flight(ResourcesSpec.model_validate(resources), cluster_cpus) == expected

@@ -72,7 +72,7 @@ def test_a_second_run_is_refused_while_the_lease_is_live_and_takes_it_when_stale
     assert list(read_leases(fs, root)) == [second.generation]
     with pytest.raises(LockLost, match="taken over by another run"):
         first.check()
-    with pytest.raises(LockLost):  # what a write task of the stalled run checks before committing
+    with pytest.raises(LockLost):  # what a writer of the stalled run checks before committing
         check_fence(fs, first.fence())
     check_fence(fs, second.fence())
     first.release()  # releasing a lease it lost leaves the new holder's alone

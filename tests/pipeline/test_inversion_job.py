@@ -201,11 +201,12 @@ def test_too_many_rejects_fail_the_job_but_keep_what_was_written(ray_local, tiny
     assert len(keys) == 2 and len(rejects) == 6
 
 
-def inference_actor_pids() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if "ray::InferenceActor" in " ".join(p.info["cmdline"] or [])}
+def actor_pids(name: str) -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if f"ray::{name}" in " ".join(p.info["cmdline"] or [])}
 
 
-def test_a_killed_inference_actor_loses_nothing(ray_local, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("actor", ["InferenceActor", "Writer"])
+def test_a_killed_actor_loses_nothing(ray_local, tiny_checkpoint, tmp_path, actor):
     folder, out = tmp_path / "in", tmp_path / "out"
     good = make_image_folder(folder, good=90)
     spec = make_spec(str(folder), tiny_checkpoint, str(out), input={"shard_size": 30}, resources={"batch_size": 1})
@@ -213,13 +214,13 @@ def test_a_killed_inference_actor_loses_nothing(ray_local, tiny_checkpoint, tmp_
 
     def kill_actor_after_first_commit(stats):
         if not killed:
-            for pid in inference_actor_pids():
+            for pid in actor_pids(actor):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
     plan = plan_job(spec, INVERSION)
     report = run_plan(plan, progress=kill_actor_after_first_commit)
-    assert killed, "no inference actor was running"
+    assert killed, f"no {actor} was running"
     assert (report.records, report.written, report.succeeded) == (90, 90, True)
     keys, _, codes, rejects = read_output(str(out))
     assert keys == good and rejects == []
@@ -404,7 +405,8 @@ def test_a_failed_step_is_named_and_the_actors_are_ended(ray_local, tiny_checkpo
         run_plan(plan)
     assert len(os.listdir(tmp_path / "tries")) == 1  # not a storage hiccup: not tried again
     def everything_ended():
-        return not inference_actor_pids() and ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")
+        cpus_back = ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")
+        return not actor_pids("InferenceActor") and not actor_pids("Writer") and cpus_back
 
     deadline = time.time() + 30
     while not everything_ended() and time.time() < deadline:

@@ -153,6 +153,15 @@ def test_the_project_reads_both_layouts_and_keeps_an_outputs_latent_type(outputs
     last = whole[LATENT_COLUMN].combine_chunks().to_numpy_ndarray()[-1]
     np.testing.assert_array_equal(last, codes(1, 9)[0].astype(np.float16))
 
+    # A run looks the type up once (settled); its commits then list nothing and keep the same type.
+    settled, fresh = old.settled(), OutputStore(str(tmp_path / "fresh"), {}).settled()
+    assert (settled.tensor_latents, fresh.tensor_latents) == (True, False)
+    for store, folder, kind in ((settled, "old", tensor), (fresh, "fresh", new.schema.field(LATENT_COLUMN).type)):
+        store = OutputStore(*store.args)  # as a writer rebuilds it
+        store.listed = None  # called, it would fail
+        store.write_shard("shard-00002", new, [], 2, time.time(), {"inputs": ["z.png"]})
+        assert pq.read_schema(tmp_path / folder / "shard-00002.parquet").field(LATENT_COLUMN).type == kind
+
 
 def test_float16_values_are_not_byte_stream_split_and_float32_ones_are(outputs):
     for dtype in ("float32", "float16"):
