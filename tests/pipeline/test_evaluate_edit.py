@@ -66,7 +66,7 @@ def networks(weights, metrics) -> tuple[MetricWeights, ...]:
 
 def test_the_model_step_scores_each_edit_as_its_definition(checkpoint, weights, one_thread):
     engine = build_engine(str(checkpoint), EngineOptions(max_batch=2), gate=False)
-    images = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(i)))) for i in range(5)])
+    images = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(i)))) for i in range(3)])
     direction = np.random.default_rng(3).standard_normal((NUM_WS, STYLE_DIM)).astype(np.float32)
     strengths, layers = (-2.0, 0.0, 1.5), (1, 3, 9)
     # Stage 1 of a 2-stage model: the edits move the last *scored* stage's codes; bfloat16 is compared.
@@ -75,7 +75,7 @@ def test_the_model_step_scores_each_edit_as_its_definition(checkpoint, weights, 
     result = step(engine, images, 2)
     mine, compared = result.scores
     nets = {m: load_metric_net(m, str(weights[m])).module for m in ("identity", "fid")}
-    for start in (0, 2, 4):  # the step's batches
+    for start in (0, 2):  # the step's batches: a full one and a part
         want = direct_edits(engine, nets, images[start : start + 2], direction, strengths, layers, stage=1)
         for i in range(3):
             got = mine[f"identity_edit{i}"][start : start + 2]
@@ -88,8 +88,8 @@ def test_the_model_step_scores_each_edit_as_its_definition(checkpoint, weights, 
     # The compared precision is scored, not edited: its edit columns are NaN of the same shapes.
     assert np.isfinite(compared["identity_stage1"]).all()
     for i in range(3):
-        assert compared[f"identity_edit{i}"].shape == (5,) and np.isnan(compared[f"identity_edit{i}"]).all()
-        assert compared[f"fid_edit{i}"].shape == (5, 2048) and np.isnan(compared[f"fid_edit{i}"]).all()
+        assert compared[f"identity_edit{i}"].shape == (3,) and np.isnan(compared[f"identity_edit{i}"]).all()
+        assert compared[f"fid_edit{i}"].shape == (3, 2048) and np.isnan(compared[f"fid_edit{i}"]).all()
 
     # A part with no records has the same columns in the same order (one Parquet schema for every shard).
     empty = step(engine, images[:0], 2)
@@ -109,13 +109,13 @@ def test_editing_quality_end_to_end_with_the_report_of_table_ii(
     make_image_folder(folder, good=5)
     strengths = [-3.0, 0.0, 2.5]
     edit = {"direction": str(direction_file), "strengths": strengths}
+    # No compared precision here: the model step's test checks that its rows are not edited.
     spec = write_spec(tmp_path / "s.yaml", folder, out, checkpoint, weights, input={"shard_size": 2},
-                      metrics={"compute": ["psnr", "identity", "fid"]},
-                      evaluate={"precisions": ["bfloat16"], "best_worst": 1, "edit": edit})
+                      metrics={"compute": ["psnr", "identity", "fid"]}, evaluate={"best_worst": 1, "edit": edit})
     assert evaluate.main([str(spec), "--no-progress"]) == EXIT_OK
     capsys.readouterr()
 
-    # Three shards of one schema: identity_edit<i> float64, fid_edit<i> 2048 float32, whatever the engine.
+    # Three shards of one schema: identity_edit<i> float64, fid_edit<i> 2048 float32.
     files = sorted(out.glob("shard-*.parquet"))
     schemas = [pq.read_schema(f).remove_metadata() for f in files]
     assert len(files) == 3 and all(s.equals(schemas[0]) for s in schemas)
@@ -126,7 +126,7 @@ def test_editing_quality_end_to_end_with_the_report_of_table_ii(
     rows = read_rows(str(out))
     f32 = np.array(rows["engine"]) == "torch float32"
     keys = [k for k, m in zip(rows["key"], f32) if m]
-    assert np.isnan(np.array(rows["identity_edit0"])[~f32]).all() and np.isnan(np.array(rows["fid_edit0"])[~f32]).all()
+    assert f32.all()
     engine = build_engine(str(checkpoint), EngineOptions(max_batch=2), gate=False)
     nets = {m: load_metric_net(m, str(weights[m])).module for m in ("identity", "fid")}
     direction = np.load(direction_file)
@@ -155,8 +155,9 @@ def test_editing_quality_end_to_end_with_the_report_of_table_ii(
         want = {"count": 5, "mean": identities.mean(), "std": identities.std(), "median": median, "p5": p5, "p95": p95}
         assert entry["identity"] == pytest.approx(want, rel=1e-12)
         edited = np.array(rows[f"fid_edit{i}"])[f32]
-        one_pass = fid_from_statistics(*(FeatureStatistics.of(torch.from_numpy(f)) for f in (inputs, edited)))
-        assert entry["fid"] == pytest.approx(one_pass, rel=1e-10)  # 3 shards merged, or all at once
+        if i == 0:  # (each one-pass FID decomposes two 2048x2048 matrices: once is enough)
+            one_pass = fid_from_statistics(*(FeatureStatistics.of(torch.from_numpy(f)) for f in (inputs, edited)))
+            assert entry["fid"] == pytest.approx(one_pass, rel=1e-10)  # 3 shards merged, or all at once
         assert entry["fid"] == pytest.approx(fid_restated(inputs, edited), rel=1e-7)
     stage2 = report["results"]["torch float32"]["stages"]["stage2"]
     assert editing["strengths"][1]["identity"] == stage2["identity"] and editing["strengths"][1]["fid"] == stage2["fid"]
@@ -173,8 +174,7 @@ def test_editing_quality_end_to_end_with_the_report_of_table_ii(
     np.save(other, -direction)
     edit["direction"] = str(other)
     spec = write_spec(tmp_path / "s.yaml", folder, out, checkpoint, weights, input={"shard_size": 2},
-                      metrics={"compute": ["psnr", "identity", "fid"]},
-                      evaluate={"precisions": ["bfloat16"], "best_worst": 1, "edit": edit})
+                      metrics={"compute": ["psnr", "identity", "fid"]}, evaluate={"best_worst": 1, "edit": edit})
     assert evaluate.main([str(spec), "--no-progress"]) == EXIT_BAD_SPEC
     error = capsys.readouterr().err
     assert "evaluation.edit.direction_sha256" in error and checkpoint_sha256(str(other)) in error
