@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers, imported as the tests import them
 
-from datasets import png_bytes  # noqa: E402
+from helpers import png_bytes  # noqa: E402
 from factories import make_e2style, write_official  # noqa: E402
 from operators.presets import get_preset  # noqa: E402
 from pipeline.edit.spec import EditSpec  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from datasets import S3_ENV  # noqa: E402
+from helpers import S3_ENV  # noqa: E402
 from factories import make_e2style, write_official  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from datasets import make_image_folder, png_bytes
+from helpers import make_image_folder, png_bytes
 from engines import load_inverter
 from factories import make_e2style, write_official
 from jobs import edit, invert_dataset, restore, translate

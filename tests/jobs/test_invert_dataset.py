@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datasets import S3_ENV, kill_process_tree, make_image_folder
+from helpers import S3_ENV, kill_process_tree, make_image_folder
 from factories import make_e2style, write_official
-from datasets import png_bytes
+from helpers import png_bytes
 from jobs.invert_dataset import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main
 
 ROOT = Path(__file__).resolve().parents[2]

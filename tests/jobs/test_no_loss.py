@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datasets import make_image_folder, png_bytes, write_image_parquet, write_tar
+from helpers import make_image_folder, png_bytes, write_image_parquet, write_tar
 from factories import make_e2style, write_official
 from jobs import edit, invert_dataset
 from jobs.cli import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK
@@ -162,7 +162,7 @@ def test_concurrent_runs_of_one_output_write_each_record_once(tmp_path, checkpoi
     import subprocess
     import sys
 
-    from datasets import S3_ENV
+    from helpers import S3_ENV
 
     root = Path(__file__).resolve().parents[2]
     folder, out = tmp_path / "in", tmp_path / "out"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datasets import make_image_folder
+from helpers import make_image_folder
 from factories import make_e2style, write_official
 from jobs import cli, invert_dataset
 from jobs.cli import EXIT_BAD_SPEC, EXIT_INTERRUPTED, MAX_SPEC_BYTES

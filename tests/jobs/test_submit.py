@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from datasets import free_ports, kill_process_tree
+from helpers import free_ports, kill_process_tree
 from engines import load_inverter
 from jobs import make_sample
 from operators.images import images_to_tensor

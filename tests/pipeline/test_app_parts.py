@@ -11,7 +11,7 @@ from pipeline.core.images import image_name, output_names, safe_name
 from pipeline.restore.steps import PrepareRestore
 from pipeline.core.shards import Record, Shard
 from pipeline.restore.tasks import degrade
-from datasets import make_image_folder
+from helpers import make_image_folder
 
 
 def test_direction_files_in_every_accepted_form(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from datasets import free_ports, kill_process_tree
+from helpers import free_ports, kill_process_tree
 from pipeline.core.cluster import ClusterError, check_reachable, start_ray
 from pipeline.core.schedule import shards_in_flight
 from pipeline.core.spec import ResourcesSpec

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from datasets import make_image_folder, png_bytes
+from helpers import make_image_folder, png_bytes
 from engines import checkpoint_sha256
 from engines.engine import EngineOptions, build_engine
 from engines.metric_weights import load_metric_net

@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from datasets import make_image_folder, png_bytes
+from helpers import make_image_folder, png_bytes
 from engines import checkpoint_sha256, official_checkpoint
 from engines.engine import EngineOptions, build_engine
 from engines.metric_weights import load_metric_net, random_metric_weights, write_random_metric_weights

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import png_bytes, write_image_parquet, write_tar
+from helpers import png_bytes, write_image_parquet, write_tar
 from pipeline.core.decode import read_and_decode
 from pipeline.core.shards import InputError, list_shards
 

@@ -9,7 +9,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from datasets import bad_images, make_image_folder
+from helpers import bad_images, make_image_folder
 from engines import load_inverter
 from operators.images import images_to_tensor
 from pipeline.core.decode import decode_image
@@ -148,7 +148,7 @@ def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoin
     run_inversion(spec, show_progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     # Tonight's files: one sorts between finished ones, one lands in a new folder.
-    from datasets import png_bytes
+    from helpers import png_bytes
 
     (folder / "a" / "img_0005.png").write_bytes(png_bytes(50))
     (folder / "c").mkdir()
@@ -177,7 +177,7 @@ def test_files_arriving_between_runs_become_new_shards(ray_local, tiny_checkpoin
 
 
 def test_a_rewritten_webdataset_shard_is_refused(ray_local, tiny_checkpoint, tmp_path):
-    from datasets import png_bytes, write_tar
+    from helpers import png_bytes, write_tar
 
     tars = tmp_path / "tars"
     tars.mkdir()
@@ -259,7 +259,7 @@ def test_actors_that_would_starve_decoding_are_refused(ray_local, tiny_checkpoin
 
 
 def test_webdataset_and_parquet_inputs(ray_local, tiny_checkpoint, tmp_path):
-    from datasets import png_bytes, write_image_parquet, write_tar
+    from helpers import png_bytes, write_image_parquet, write_tar
 
     tars, parquets = tmp_path / "tars", tmp_path / "parquets"
     tars.mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from datasets import make_image_folder
+from helpers import make_image_folder
 from pipeline.core.decode import decode_image, read_and_decode
 from pipeline.core.image_formats import open_image, open_rgb, sniff, to_rgb
 from pipeline.core.shards import list_shards

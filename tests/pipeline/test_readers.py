@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from datasets import make_image_folder, png_bytes
+from helpers import make_image_folder, png_bytes
 from factories import make_e2style, write_official
 from jobs import edit, invert_dataset
 from jobs.cli import EXIT_OK
@@ -110,7 +110,7 @@ def test_ray_data_gets_the_exact_codes_with_their_shape(ray_local, outputs, dtyp
 
 
 def test_hugging_face_datasets_gets_the_exact_codes_with_their_shape(outputs, tmp_path):
-    """In a process of its own, from the README's import line: here tests/datasets.py holds the name."""
+    """In a process of its own, as a user's script runs the README's import line and reader."""
     imports, readers = readme_readers()
     script = f"{imports}\nimport sys\nREADER = {readers['Hugging Face']!r}\n" + (
         "for name, uri in zip(sys.argv[1::2], sys.argv[2::2]):\n"

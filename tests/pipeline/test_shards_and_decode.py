@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 import io
 
-from datasets import bad_images, make_image_folder, png_bytes
+from helpers import bad_images, make_image_folder, png_bytes
 from pipeline.core.decode import decode_image, read_and_decode
 from pipeline.core.shards import InputError, list_shards
 
@@ -80,7 +80,7 @@ def test_a_file_deleted_after_listing_is_a_reject(tmp_path):
 
 
 def test_decoding_with_threads_gives_the_same_records_in_the_same_order(tmp_path):
-    from datasets import bad_images, make_image_folder
+    from helpers import bad_images, make_image_folder
 
     folder = tmp_path / "in"
     make_image_folder(folder, good=9, bad=bad_images())

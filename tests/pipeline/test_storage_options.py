@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datasets import free_ports, make_image_folder
+from helpers import free_ports, make_image_folder
 from engines import load_inverter
 from jobs import edit, invert_dataset
 from jobs.cli import EXIT_BAD_SPEC, EXIT_OK, load_spec

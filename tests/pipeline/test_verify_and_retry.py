@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datasets import bad_images, make_image_folder, png_bytes, write_tar
+from helpers import bad_images, make_image_folder, png_bytes, write_tar
 from pipeline.core.decode import read_and_decode
 from runs import run_inversion
 from pipeline.core.shards import list_shards

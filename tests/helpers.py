@@ -1,4 +1,5 @@
-"""Image files for the pipeline tests: valid ones and every kind of bad one."""
+"""Inputs and processes for the tests: image files (valid ones and every kind of bad one), WebDataset and
+Parquet containers, free ports, and killing a process tree."""
 
 import io
 from pathlib import Path
