@@ -16,6 +16,11 @@ def _layer_mask(num_ws: int, layers: Sequence[int]) -> torch.Tensor:
     return mask
 
 
+def direction_layers(num_ws: int) -> range:
+    """The W+ layers a direction moves when none are named: the official edits move the coarse layers 0-7."""
+    return range(min(8, num_ws))
+
+
 def apply_direction(codes: torch.Tensor, direction: torch.Tensor, strength: float, layers: Sequence[int]) -> torch.Tensor:
     """codes [B, num_ws, D] moved by ``strength`` x ``direction`` ([D] or [num_ws, D]) on ``layers`` only
     (the official edits use layers 0-7)."""

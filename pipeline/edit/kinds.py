@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from operators.edits import apply_direction, interpolate, mix_styles
+from operators.edits import apply_direction, direction_layers, interpolate, mix_styles
 
 Output = tuple[str, "str | None", Any]  # (variant name, partner key, value) of one output row
 
@@ -63,7 +63,7 @@ class Direction(EditKind):
     takes_layers = True
 
     def default_layers(self, num_ws: int) -> range:
-        return range(0, min(8, num_ws))  # the official edits move the coarse layers
+        return direction_layers(num_ws)
 
     def missing(self, section) -> str | None:
         return None if section.direction is not None else "kind direction needs direction (a .npy or .pt file)"

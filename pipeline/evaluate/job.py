@@ -12,6 +12,7 @@ from engines import checkpoint_sha256
 from engines.directions import DirectionError, load_direction
 from engines.metric_weights import MetricWeightsError, load_metric_net
 from operators.e2style import E2Style, E2StyleConfig
+from operators.edits import direction_layers
 from operators.metrics import MS_SSIM_WEIGHTS
 from pipeline.core.decode import DecodeImages
 from pipeline.core.errors import PreflightError, reason
@@ -110,8 +111,7 @@ class EvaluateJob(JobKind):
         except Exception as e:
             where = redact_uri(section.direction)
             raise PreflightError(f"evaluate.edit.direction: cannot read {where}: {reason(e)}") from e
-        # The edit job's default for a direction: the official edits move the coarse layers 0-7.
-        layers = tuple(section.layers if section.layers is not None else range(min(8, num_ws)))
+        layers = tuple(section.layers if section.layers is not None else direction_layers(num_ws))
         outside = [layer for layer in layers if layer >= num_ws]
         if outside:
             raise PreflightError(

@@ -18,6 +18,12 @@ MetricName = Literal[METRICS]  # type: ignore[valid-type]
 Precision = Literal["float32", "bfloat16", "float16"]
 
 
+def _named_once(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"each {what} may be named once")
+    return values
+
+
 class _WeightsSpec(_Strict):
     storage_uris = {"storage_options": "weights"}
 
@@ -109,9 +115,7 @@ class EditQualitySpec(_Strict):
     @field_validator("strengths")
     @classmethod
     def _strengths_once(cls, value: list[float]) -> list[float]:
-        if len(set(value)) != len(value):
-            raise ValueError("each strength may be named once")
-        return value
+        return _named_once(value, "strength")
 
 
 class EvaluateSection(_Strict):
@@ -148,16 +152,12 @@ class EvaluateSection(_Strict):
     @field_validator("stages")
     @classmethod
     def _stages_in_order(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("each stage may be named once")
-        return None if value is None else sorted(value)
+        return None if value is None else sorted(_named_once(value, "stage"))
 
     @field_validator("precisions")
     @classmethod
     def _precisions_once(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("each precision may be named once")
-        return value
+        return _named_once(value, "precision")
 
 
 class EvaluateSpec(JobSpec):
